@@ -1,0 +1,167 @@
+"""Command-line interface: a thin layer over the library.
+
+::
+
+    python -m npp_core sample OUTDIR [--seed N]
+    python -m npp_core check DATASET [--stages fusion,casa,...]
+    python -m npp_core run DATASET --out OUT [--config params.toml] [--set section.key=value ...]
+                                   [--only STAGES] [--cache DIR]
+    python -m npp_core params [--out params.toml]
+
+Exit status: 0 success, 1 problems found or a stage failed, 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _stages_arg(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [s.strip() for s in text.replace(" ", ",").split(",") if s.strip()]
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import generate
+
+    t0 = time.perf_counter()
+    out = generate(Path(args.outdir), seed=args.seed)
+    print(f"sample basin (seed {args.seed}) written to {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .dataset import DatasetError, open_dataset
+
+    try:
+        ds = open_dataset(args.dataset)
+    except (DatasetError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    with ds:
+        summ = ds.summary()
+        g = ds.grid.to_dict()
+        print(f"dataset: {ds.name}  ({ds.root})")
+        print(f"grid: {g['crs']}  {g['height']} rows × {g['width']} cols  {g['res'][0]:g} × {g['res'][1]:g}  "
+              f"bounds {', '.join(f'{b:.1f}' for b in g['bounds'])}")
+        for lay in summ.get("layers", []):
+            bits = [str(lay.get(k)) for k in ("role", "file") if lay.get(k)]
+            extra = []
+            if lay.get("bands"):
+                extra.append(f"{lay['bands']} band(s)")
+            if lay.get("dates"):
+                d = lay["dates"]
+                if isinstance(d, dict):
+                    extra.append(f"dates {d.get('first')}..{d.get('last')}")
+            if lay.get("units"):
+                extra.append(f"units {lay['units']}")
+            if lay.get("resampling"):
+                extra.append(f"resampled: {lay['resampling']}")
+            print("  " + "  ".join(bits) + ("  (" + ", ".join(extra) + ")" if extra else ""))
+        problems = ds.check(stages=_stages_arg(args.stages))
+        errors = [p for p in problems if p.severity == "error"]
+        for p in problems:
+            print(f"{p.severity}: {p.file}: {p.message}" + (f"\n    fix: {p.fix}" if p.fix else ""))
+        print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
+        return 1 if errors else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import params as P
+    from .dataset import DatasetError, open_dataset
+    from .pipeline import run
+
+    try:
+        prm = P.load(args.config, args.set or [])
+    except (P.ParamsError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        ds = open_dataset(args.dataset)
+    except (DatasetError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    only = _stages_arg(args.only)
+    with ds:
+        errors = [p for p in ds.check(stages=only) if p.severity == "error"]
+        if errors:
+            for p in errors:
+                print(f"error: {p.file}: {p.message}" + (f"\n    fix: {p.fix}" if p.fix else ""), file=sys.stderr)
+            print("the dataset has errors; fix them (see `python -m npp_core check`) and run again.", file=sys.stderr)
+            return 1
+        last = {"stage": None}
+
+        def progress(stage: str, frac: float, msg: str) -> None:
+            if stage != last["stage"]:
+                last["stage"] = stage
+                print(f"[{stage}] {msg}", flush=True)
+
+        try:
+            result = run(ds, prm, args.out, only=only, cache_dir=args.cache, progress=progress)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    for s in result.stages:
+        line = f"{s.name:12s} {s.status:11s} {s.seconds:7.1f} s"
+        if s.message:
+            line += f"  {s.message}"
+        print(line)
+    print(f"outputs in {result.out_dir}")
+    return 0 if result.ok else 1
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from . import params as P
+
+    text = P.dumps(P.defaults())
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"default settings written to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m npp_core", description="NPP Driver Explorer command line.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sample", help="write the synthetic sample basin dataset")
+    s.add_argument("outdir")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("check", help="print what was understood of a dataset and every problem with its fix")
+    c.add_argument("dataset", help="dataset folder or .zip")
+    c.add_argument("--stages", help="stages to check inputs for (comma-separated); default all")
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("run", help="run the stages and write the outputs")
+    r.add_argument("dataset", help="dataset folder or .zip")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--config", help="params.toml")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a setting (repeatable)")
+    r.add_argument("--only", help="target stages (comma-separated); the stages they need run too")
+    r.add_argument("--cache", help="stage cache folder shared with the dashboard")
+    r.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("params", help="print or write the default params.toml")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_params)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
