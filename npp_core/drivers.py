@@ -145,6 +145,7 @@ def build_drivers(
             pred, var, rep = krige_property(
                 samples["x"], samples["y"], samples["values"][name], gx, gy,
                 model=kp["model"], log=name in kp["log_transform"], name=name,
+                n_closest=int(kp["n_closest"]), mask=mask,
             )
             layers[name] = pred
             variances[name] = var
@@ -168,13 +169,12 @@ def build_drivers(
             w, cr = ahp.weights(deg["ahp_matrix"])
             info: dict[str, Any] = {"weights": dict(zip(names, map(float, w))), "cr": float(cr), "consistent": bool(cr < 0.1)}
             if cr >= 0.1:
-                worst = ahp.disagreements(deg["ahp_matrix"], w, names)
-                info["disagreements"] = worst
+                ev = ahp.evaluate(deg["ahp_matrix"], names)
+                info["disagreements"] = ev.get("disagreements")
                 if not dp["accept_inconsistent"]:
                     raise DriverError(
-                        f"AHP matrix is inconsistent (CR = {cr:.3f} ≥ 0.10). Judgements that disagree most: "
-                        + "; ".join(str(d) for d in worst)
-                        + ". Revise them, or set degradation.accept_inconsistent = true to use it anyway."
+                        f"{deg.get('ahp_file', 'AHP matrix')}: {ev.get('message') or f'inconsistent (CR = {cr:.3f})'} "
+                        "Revise those judgements, or set degradation.accept_inconsistent = true to use it anyway."
                     )
             missing = [n for n in names if n not in deg["indicators"]]
             if missing:

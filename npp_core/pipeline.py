@@ -1,6 +1,6 @@
 """The stages of a run, in the order data flows, with a content-hash cache.
 
-``fusion → casa → drivers → sampling → lcc → attribution → dominance``
+``fusion → casa → drivers → sampling → lcc → attribution → ensemble → dominance``
 
 Each stage reads the dataset and the files earlier stages wrote into the
 output folder, writes its own files there and returns a fragment of
@@ -42,7 +42,7 @@ __all__ = [
     "stage_modules",
 ]
 
-STAGES = ["fusion", "casa", "drivers", "sampling", "lcc", "attribution", "dominance"]
+STAGES = ["fusion", "casa", "drivers", "sampling", "lcc", "attribution", "ensemble", "dominance"]
 
 #: Upstream stages each stage reads.
 DEPENDS: dict[str, list[str]] = {
@@ -52,7 +52,8 @@ DEPENDS: dict[str, list[str]] = {
     "sampling": ["casa", "drivers"],
     "lcc": ["casa", "drivers"],
     "attribution": ["sampling", "drivers"],
-    "dominance": ["attribution"],
+    "ensemble": ["casa", "drivers"],
+    "dominance": ["attribution", "ensemble"],
 }
 
 #: Settings sections each stage depends on.
@@ -63,6 +64,7 @@ SETTINGS: dict[str, list[str]] = {
     "sampling": ["sampling", "categories"],
     "lcc": ["lcc"],
     "attribution": ["rf", "categories"],
+    "ensemble": ["ensemble", "rf", "sampling", "categories"],
     "dominance": ["dominance"],
 }
 
@@ -74,6 +76,7 @@ ROLES: dict[str, list[str]] = {
     "sampling": ["landcover"],
     "lcc": [],
     "attribution": [],
+    "ensemble": [],
     "dominance": [],
 }
 
@@ -85,6 +88,7 @@ stage_modules: dict[str, list[str]] = {
     "sampling": ["npp_core.attribution"],
     "lcc": ["npp_core.lcc"],
     "attribution": ["npp_core.attribution"],
+    "ensemble": ["npp_core.attribution"],
     "dominance": ["npp_core.attribution"],
 }
 

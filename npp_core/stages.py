@@ -8,6 +8,7 @@ module named for it (:mod:`estarfm`, :mod:`casa`, :mod:`drivers`,
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -154,7 +155,9 @@ def stage_casa(ctx: Context) -> dict[str, Any]:
             valid_months={"min": _nanint(np.nanmin(np.where(mask, valid_months, np.nan))),
                           "max": _nanint(np.nanmax(np.where(mask, valid_months, np.nan)))},
         )
-    mean = np.nanmean(annual, axis=0) if annual.shape[0] > 1 else annual[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels outside the study area
+        mean = np.nanmean(annual, axis=0) if annual.shape[0] > 1 else annual[0]
     mean = np.where(mask, mean, np.nan)
     write_raster(ctx.path("npp_annual.tif"), annual, grid, band_names=[str(y) for y in years])
     write_raster(ctx.path("npp_mean.tif"), mean, grid, band_names=["npp_mean"], tags={"units": "gC m-2 yr-1"})
@@ -273,73 +276,195 @@ def _read_samples(ctx: Context, names: list[str]) -> tuple[np.ndarray, np.ndarra
 
 
 def stage_attribution(ctx: Context) -> dict[str, Any]:
-    """RF importance and factorial experiments → ``actcon.tif``, ``relcon.tif``."""
+    """RF importance, model skill and factorial experiments → ``actcon.tif``, ``relcon.tif``."""
     from . import attribution
 
     p = ctx.params["rf"]
     names, stack, cats = _driver_stack(ctx)
-    cat_order = [c for c in ctx.params["categories"] if c in cats] + [c for c in cats if c not in ctx.params["categories"]]
-    categories = {c: cats.get(c, []) for c in cat_order}
+    categories = _categories(ctx, cats)
     X, y, rr, cc = _read_samples(ctx, names)
+    n_trees, seed = int(p["n_trees"]), int(p["seed"])
     ctx.progress(0.05, "importance")
-    imp = attribution.importance(
-        X, y, names, measure=p["importance"], n_trees=int(p["n_trees"]), seed=int(p["seed"]), categories=categories
-    )
+    imp = attribution.importance(X, y, names, measure=p["importance"], n_trees=n_trees, seed=seed, categories=categories)
     valid = ctx.ds.mask & np.all(np.isfinite(stack), axis=0)
-    ctx.progress(0.3, "factorial experiments")
-    X_all = stack[:, valid].T
-    fac = attribution.factorial(
-        X, y, X_all, names, categories, n_trees=int(p["n_trees"]), seed=int(p["seed"]),
-        rows=rr, cols=cc, cv_blocks=int(p.get("cv_blocks", 5)),
-    )
+    ctx.progress(0.25, "factorial experiments")
+    fac = attribution.factorial(X, y, stack[:, valid].T, names, categories, n_trees=n_trees, seed=seed)
+    ctx.progress(0.8, "spatial block cross-validation")
+    models = fac["models"]
+    models["all"]["cv_r2"] = attribution.block_cv_r2(X, y, rr, cc, blocks=int(p["cv_blocks"]), n_trees=n_trees, seed=seed)
     cat_names = list(fac["categories"])
-    shape = ctx.ds.grid.shape
-    act = np.full((len(cat_names),) + shape, np.nan)
-    rel = np.full((len(cat_names),) + shape, np.nan)
-    act[:, valid] = fac["actcon"]
-    rel[:, valid] = fac["relcon"]
+    act = _to_raster(fac["actcon"], valid)
+    rel = _to_raster(fac["relcon"], valid)
     write_raster(ctx.path("actcon.tif"), act, ctx.ds.grid, band_names=cat_names)
     write_raster(ctx.path("relcon.tif"), rel, ctx.ds.grid, band_names=cat_names)
     ctx.wrote("actcon.tif", "relcon.tif")
     return {
         "importance": imp,
-        "models": fac["models"],
-        "relcon_mean": attribution.relcon_mean(rel, valid, cat_names),
+        "models": models,
+        "relcon_mean": attribution.relcon_mean(rel, cat_names, valid & ~_to_raster(fac["undetermined"][None], valid, False)[0]),
         "attribution": {
             "categories": cat_names,
             "noise_floor": fac["noise_floor"],
             "empty_categories": fac.get("empty_categories", []),
+            "n_trees": n_trees,
+            "seed": seed,
         },
     }
 
 
-# ---------------------------------------------------------------- dominance
-def stage_dominance(ctx: Context) -> dict[str, Any]:
-    """Dominant-driver classes by the threshold rule → ``dominant.tif``, ``rgb.tif``."""
+def _categories(ctx: Context, cats: dict[str, list[str]]) -> dict[str, list[str]]:
+    order = [c for c in ctx.params["categories"] if c in cats] + [c for c in cats if c not in ctx.params["categories"]]
+    return {c: cats[c] for c in order}
+
+
+def _to_raster(values: np.ndarray, valid: np.ndarray, fill: Any = np.nan) -> np.ndarray:
+    """Scatter (k, n_valid) pixel values back onto (k, rows, cols)."""
+    values = np.asarray(values)
+    out = np.full((values.shape[0],) + valid.shape, fill, dtype=values.dtype if fill is False else float)
+    out[:, valid] = values
+    return out
+
+
+def _undetermined(act: np.ndarray, floor: float | None) -> np.ndarray:
+    """Pixels whose Σ|ActCon| is 0 or below the seed-to-seed noise floor."""
+    valid = np.all(np.isfinite(act), axis=0)
+    s = np.where(valid, np.abs(np.where(valid[None], act, 0)).sum(axis=0), np.nan)
+    with np.errstate(invalid="ignore"):
+        und = valid & (s == 0)
+        if floor is not None and np.isfinite(floor):
+            und |= valid & (s < float(floor))
+    return und
+
+
+# ---------------------------------------------------------------- ensemble
+def stage_ensemble(ctx: Context) -> dict[str, Any]:
+    """Repeat the factorial attribution over seeds and/or sample draws (``ensemble.members`` > 0).
+
+    Stores every member's RelCon and undetermined mask (``ensemble/relcon.tif``,
+    bands member-major) so the dominance stage can reclassify all members for
+    any threshold without refitting.
+    """
     from . import attribution
+
+    ep = ctx.params["ensemble"]
+    k_members = int(ep["members"])
+    if k_members <= 0:
+        return {"ensemble": {"members": 0}, "_message": "single run (ensemble.members = 0)"}
+    vary = str(ep["vary"])
+    rp, sp = ctx.params["rf"], ctx.params["sampling"]
+    names, stack, cats = _driver_stack(ctx)
+    categories = _categories(ctx, cats)
+    npp = ctx.read("npp_mean.tif")[0][0]
+    valid_all = ctx.ds.mask & np.isfinite(npp) & np.all(np.isfinite(stack), axis=0)
+    valid = ctx.ds.mask & np.all(np.isfinite(stack), axis=0)
+    X_all = stack[:, valid].T
+    bands: list[np.ndarray] = []
+    band_names: list[str] = []
+    members: list[dict[str, Any]] = []
+    cat_names: list[str] = []
+    for i in range(k_members):
+        ctx.progress(i / k_members, f"member {i + 1}/{k_members}")
+        rf_seed = int(rp["seed"]) + (1000 * i if vary in ("seed", "both") else 0)
+        s_seed = int(sp["seed"]) + (i if vary in ("sample", "both") else 0)
+        rows, cols = attribution.sample_points(valid_all, n=int(sp["n_points"]), seed=s_seed)
+        X = stack[:, rows, cols].T
+        y = npp[rows, cols]
+        fac = attribution.factorial(X, y, X_all, names, categories, n_trees=int(rp["n_trees"]), seed=rf_seed)
+        imp = attribution.importance(
+            X, y, names, measure=rp["importance"], n_trees=int(rp["n_trees"]), seed=rf_seed, categories=categories
+        )
+        cat_names = list(fac["categories"])
+        rel = _to_raster(fac["relcon"], valid)
+        und = np.zeros(valid.shape, bool)
+        und[valid] = fac["undetermined"]
+        for g, c in enumerate(cat_names):
+            bands.append(rel[g])
+            band_names.append(f"m{i:03d}_{c}")
+        bands.append(np.where(valid, und.astype(float), np.nan))
+        band_names.append(f"m{i:03d}_undetermined")
+        members.append({
+            "rf_seed": rf_seed,
+            "sample_seed": s_seed,
+            "importance_categories": imp.get("categories", {}),
+            "relcon_mean": attribution.relcon_mean(rel, cat_names, valid & ~und),
+        })
+    write_raster(ctx.path("ensemble/relcon.tif"), np.stack(bands), ctx.ds.grid, band_names=band_names)
+    ctx.wrote("ensemble/relcon.tif")
+    return {"ensemble": {"members": k_members, "vary": vary, "categories": cat_names, "member_runs": members}}
+
+
+# ---------------------------------------------------------------- dominance
+DOMINANT_COLOURS = {
+    "C": (49, 130, 189), "S": (215, 48, 39), "M": (26, 152, 80),
+    "CS": (158, 154, 200), "SC": (244, 109, 67), "CM": (102, 194, 165), "MC": (166, 217, 106),
+    "SM": (253, 174, 97), "MS": (217, 239, 139), "undetermined": (189, 189, 189),
+}
+
+
+def class_colours(labels: dict[int, str]) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table for dominant-class codes (code 0 transparent; unknown labels grey shades)."""
+    out: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
+    for code, lab in labels.items():
+        if code == 0:
+            continue
+        rgb = DOMINANT_COLOURS.get(lab, (120 + (37 * code) % 100,) * 3)
+        out[int(code)] = (*rgb, 255)
+    return out
+
+
+def stage_dominance(ctx: Context) -> dict[str, Any]:
+    """Dominant-driver classes by the threshold rule → ``dominant.tif``, ``rgb.tif``;
+    with an ensemble also the modal class and ``dominant_agreement.tif``."""
+    from . import attribution
+    from .ensemble import EnsembleReducer
 
     thr = float(ctx.params["dominance"]["threshold"])
     info = ctx.fragments.get("attribution", {}).get("attribution", {})
     cat_names = list(info.get("categories", []))
     rel, _ = ctx.read("relcon.tif")
     act, _ = ctx.read("actcon.tif")
-    valid = np.all(np.isfinite(rel), axis=0)
-    floor = info.get("noise_floor")
-    undetermined = valid & (np.nansum(np.abs(act), axis=0) < float(floor)) if floor is not None else None
-    codes, labels = attribution.dominant_classes(rel, cat_names, threshold=thr, undetermined_mask=undetermined)
+    valid = np.all(np.isfinite(act), axis=0)
+    und = _undetermined(act, info.get("noise_floor"))
+    codes, labels = attribution.dominant_classes(rel, cat_names, threshold=thr, undetermined_mask=und)
     codes = np.where(valid, codes, 0).astype(np.uint8)
-    write_raster(
-        ctx.path("dominant.tif"), codes, ctx.ds.grid, dtype="uint8", nodata=0,
-        colormap=attribution.class_colours(labels), band_names=["dominant"],
-    )
+    write_raster(ctx.path("dominant.tif"), codes, ctx.ds.grid, dtype="uint8", nodata=0,
+                 colormap=class_colours(labels), band_names=["dominant"])
     ctx.wrote("dominant.tif")
-    if set(("S", "M", "C")).issubset(cat_names):
-        rgb = attribution.rgb_composite(rel, cat_names)
-        write_raster(ctx.path("rgb.tif"), np.where(valid[None], rgb, 0), ctx.ds.grid, dtype="uint8", nodata=None,
+    if {"S", "M", "C"}.issubset(cat_names):
+        rgb = attribution.rgb_composite(rel, ("S", "M", "C"), cat_names)
+        write_raster(ctx.path("rgb.tif"), np.where(valid[None], rgb, 0), ctx.ds.grid, dtype="uint8",
                      band_names=["R soil", "G mining", "B climate"])
         ctx.wrote("rgb.tif")
     shares = attribution.class_shares(codes, labels, valid)
-    return {"dominant": {"threshold": thr, "codes": {str(k): v for k, v in labels.items()}, "area_share": shares}}
+    out: dict[str, Any] = {"dominant": {"threshold": thr, "codes": {str(k): v for k, v in labels.items()}, "area_share": shares}}
+    ens = ctx.fragments.get("ensemble", {}).get("ensemble", {})
+    if ens.get("members", 0) > 0:
+        k = len(ens["categories"])
+        red = EnsembleReducer(max(labels) + 1, codes.shape, list(ens["categories"]))
+        stack, _ = ctx.read("ensemble/relcon.tif")
+        for i, mrun in enumerate(ens["member_runs"]):
+            block = stack[i * (k + 1): (i + 1) * (k + 1)]
+            mrel, mund = block[:k], block[k] == 1
+            mcodes, _ = attribution.dominant_classes(mrel, ens["categories"], threshold=thr, undetermined_mask=mund)
+            mcodes = np.where(valid, mcodes, 0).astype(np.uint8)
+            sc = {f"share.{lab}": v for lab, v in attribution.class_shares(mcodes, labels, valid).items()}
+            sc.update({f"relcon_mean.{c}": v for c, v in mrun["relcon_mean"].items()})
+            sc.update({f"importance.{c}": v for c, v in mrun["importance_categories"].items()})
+            red.add(mcodes, mrel, sc)
+        mode, agreement = red.modal()
+        write_raster(ctx.path("dominant_modal.tif"), mode, ctx.ds.grid, dtype="uint8", nodata=0,
+                     colormap=class_colours(labels), band_names=["modal dominant class"])
+        write_raster(ctx.path("dominant_agreement.tif"), np.where(valid, agreement, np.nan), ctx.ds.grid,
+                     band_names=["agreement"])
+        ctx.wrote("dominant_modal.tif", "dominant_agreement.tif")
+        iv = red.intervals()
+        out["ensemble"] = {
+            **ens,
+            "mean_agreement": float(np.nanmean(np.where(valid, agreement, np.nan))),
+            "modal_area_share": attribution.class_shares(mode, labels, valid),
+            "intervals": iv,
+        }
+    return out
 
 
 STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -349,5 +474,6 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "sampling": stage_sampling,
     "lcc": stage_lcc,
     "attribution": stage_attribution,
+    "ensemble": stage_ensemble,
     "dominance": stage_dominance,
 }

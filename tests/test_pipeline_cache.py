@@ -79,7 +79,7 @@ def test_input_change_recomputes_downstream_only(tmp_path, counting_stages):
     counting_stages.clear()
     # the soil samples changed: drivers and everything that reads drivers, but not fusion/casa
     pipeline.run(FakeDataset({"soil": "2", "ndvi": "a"}), P.defaults(), tmp_path / "o", cache_dir=tmp_path / "c")
-    assert counting_stages == ["drivers", "sampling", "lcc", "attribution", "dominance"]
+    assert counting_stages == ["drivers", "sampling", "lcc", "attribution", "ensemble", "dominance"]
 
 
 def test_only_runs_targets_and_their_upstream(tmp_path, counting_stages):
@@ -102,7 +102,7 @@ def test_failed_stage_keeps_earlier_results_and_skips_dependents(tmp_path, count
     st = {s.name: s for s in r.stages}
     assert st["drivers"].status == "failed" and "column 'soc' missing" in st["drivers"].message
     assert st["casa"].status == "done"
-    for s in ("sampling", "lcc", "attribution", "dominance"):
+    for s in ("sampling", "lcc", "attribution", "ensemble", "dominance"):
         assert st[s].status == "skipped"
     assert (tmp_path / "o" / "casa.tif").exists()
     assert not r.ok

@@ -1,0 +1,157 @@
+"""The command line on the bundled sample basin: check, run (every stage), cache, settings, errors."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import ROOT
+from npp_core import cli
+
+SAMPLE = ROOT / "sample_data"
+FAST = ["--set", "rf.n_trees=100", "--set", "sampling.n_points=600"]
+
+
+def _py(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "npp_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory):
+    """One full run of every stage on the shipped sample basin, through the CLI entry point."""
+    base = tmp_path_factory.mktemp("cli")
+    out, cache = base / "out", base / "cache"
+    code = cli.main(["run", str(SAMPLE), "--out", str(out), "--cache", str(cache), *FAST])
+    assert code == 0
+    return out, cache
+
+
+def test_params_command_prints_documented_valid_toml():
+    r = _py("params")
+    assert r.returncode == 0, r.stderr
+    cfg = tomllib.loads(r.stdout)
+    assert cfg["dominance"]["threshold"] == 60.0 and cfg["casa"]["ndvi_range"] == "zhu_table"
+    assert "# A single category dominates" in r.stdout
+
+
+def test_check_sample_prints_what_was_understood():
+    r = _py("check", str(SAMPLE))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "EPSG:32649" in r.stdout and "500 rows × 440 cols" in r.stdout
+    assert "modis/ndvi_250m_16day.tif" in r.stdout and "138 band(s)" in r.stdout
+    assert "W m-2 → MJ m-2 month-1" in r.stdout
+    assert "0 error(s)" in r.stdout
+
+
+def test_check_names_missing_file_and_fix(tmp_path):
+    ds = tmp_path / "ds"
+    shutil.copytree(SAMPLE, ds)
+    (ds / "climate" / "prec_monthly.tif").unlink()
+    r = _py("check", str(ds))
+    assert r.returncode == 1
+    assert "climate/prec_monthly.tif" in r.stdout and "file not found" in r.stdout and "fix:" in r.stdout
+    r = _py("run", str(ds), "--out", str(tmp_path / "o"), "--only", "casa")
+    assert r.returncode == 1 and "prec_monthly.tif" in r.stderr
+
+
+def test_bad_setting_is_a_usage_error(tmp_path):
+    r = _py("run", str(SAMPLE), "--out", str(tmp_path / "o"), "--set", "dominance.threshold=150")
+    assert r.returncode == 2
+    assert "dominance.threshold" in r.stderr and "maximum" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_sample_run_writes_every_output_on_the_grid(sample_run):
+    out, _ = sample_run
+    expected = {
+        "ndvi_fused.tif": 138, "ndvi_monthly.tif": 72, "npp_monthly.tif": 72, "npp_annual.tif": 6,
+        "npp_mean.tif": 1, "actcon.tif": 3, "relcon.tif": 3, "rgb.tif": 3, "dominant.tif": 1, "ld.tif": 1,
+    }
+    with rasterio.open(SAMPLE / "landcover.tif") as ref:
+        grid = (ref.crs, ref.transform, ref.shape)
+    for name, bands in expected.items():
+        with rasterio.open(out / name) as ds:
+            assert (ds.crs, ds.transform, ds.shape) == grid, name
+            assert ds.count == bands, name
+            assert ds.nodata is not None, name
+    with rasterio.open(out / "ndvi_monthly.tif") as ds:
+        assert ds.descriptions[0] == "2010-01" and ds.descriptions[-1] == "2015-12"
+        assert ds.tags(13)["DATE"] == "2011-01"
+    with rasterio.open(out / "npp_annual.tif") as ds:
+        assert list(ds.descriptions) == [str(y) for y in range(2010, 2016)]
+    for n in ("MAT", "MAP", "MAE", "MAS", "CF", "SOC", "TN", "AP", "AK", "pH", "BD", "LD"):
+        assert (out / "drivers" / f"{n}.tif").exists(), n
+        assert (out / "lcc" / f"{n}.tif").exists(), n
+    for n in ("SOC", "pH"):
+        assert (out / "drivers" / f"{n}_variance.tif").exists()
+    rows = (out / "samples.csv").read_text().splitlines()
+    assert len(rows) == 601 and rows[0].startswith("x,y,row,col,landcover,NPP,MAT")
+
+
+def test_sample_run_summary_is_complete_and_consistent(sample_run):
+    out, _ = sample_run
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("npp", "pearson", "lcc", "importance", "models", "relcon_mean", "dominant", "kriging", "ahp",
+                "validation", "params", "inputs", "timings_s", "versions"):
+        assert key in s, key
+    npp = s["npp"]
+    assert 230 < npp["mean"] < 350
+    assert npp["cv"] == pytest.approx(100 * npp["sd"] / npp["mean"], rel=1e-6)
+    bc = npp["by_class"]
+    assert bc["forest"] > bc["grassland"] > bc["farmland"] > bc["construction"]
+    # per-class means reproduce the basin mean (area-weighted)
+    counts = npp["count_by_class"]
+    weighted = sum(bc[c] * counts[c] for c in bc) / sum(counts.values())
+    assert weighted == pytest.approx(npp["mean"], rel=1e-6)
+    # every coarse date says which fine pair served it
+    pairs = s["fusion"]["pairs"]
+    assert len(pairs) == 138 and all(len(p["pair"]) == 2 for p in pairs)
+    for shares in s["lcc"].values():
+        five = sum(shares[k] for k in ("pos_p01", "pos_p05", "insignificant", "neg_p05", "neg_p01"))
+        assert five == pytest.approx(100.0)
+    assert sum(s["dominant"]["area_share"].values()) == pytest.approx(100.0)
+    assert sum(s["importance"]["drivers"].values()) == pytest.approx(100.0)
+    assert sum(s["relcon_mean"].values()) == pytest.approx(100.0)
+    assert s["ahp"]["cr"] < 0.1
+    assert [p["id"] for p in s["validation"]["plots"]] == ["A", "B"]
+    assert s["models"]["all"]["oob_r2"] > 0.5
+
+
+def test_npp_annual_is_sum_of_monthly_and_mean_of_annual(sample_run):
+    out, _ = sample_run
+    with rasterio.open(out / "npp_monthly.tif") as m, rasterio.open(out / "npp_annual.tif") as a, \
+            rasterio.open(out / "npp_mean.tif") as mean:
+        monthly = m.read(masked=True).astype(float)
+        annual = a.read(masked=True).astype(float)
+        mn = mean.read(1, masked=True).astype(float)
+    for y in range(6):
+        np.testing.assert_allclose(monthly[12 * y: 12 * y + 12].sum(axis=0).filled(np.nan),
+                                   annual[y].filled(np.nan), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(annual.mean(axis=0).filled(np.nan), mn.filled(np.nan), rtol=1e-5, atol=1e-3)
+
+
+def test_rerun_is_cached_and_threshold_change_recomputes_only_dominance(sample_run, tmp_path, capsys):
+    out, cache = sample_run
+    code = cli.main(["run", str(SAMPLE), "--out", str(tmp_path / "again"), "--cache", str(cache), *FAST])
+    assert code == 0
+    text = capsys.readouterr().out
+    status = {l.split()[0]: l.split()[1] for l in text.splitlines() if l.split() and l.split()[0] in
+              ("fusion", "casa", "drivers", "sampling", "lcc", "attribution", "ensemble", "dominance")}
+    assert set(status.values()) == {"cached"}, status
+    a = (out / "dominant.tif").read_bytes()
+    assert (tmp_path / "again" / "dominant.tif").read_bytes() == a
+    code = cli.main(["run", str(SAMPLE), "--out", str(tmp_path / "again"), "--cache", str(cache), *FAST,
+                     "--set", "dominance.threshold=40"])
+    text = capsys.readouterr().out
+    done = [l.split()[0] for l in text.splitlines() if len(l.split()) > 1 and l.split()[1] == "done"]
+    assert done == ["dominance"]
+    s40 = json.loads((tmp_path / "again" / "summary.json").read_text())["dominant"]["area_share"]
+    s60 = json.loads((out / "summary.json").read_text())["dominant"]["area_share"]
+    singles = ("C", "S", "M")
+    assert sum(s40[c] for c in singles) > sum(s60[c] for c in singles)
