@@ -284,11 +284,13 @@ def stage_attribution(ctx: Context) -> dict[str, Any]:
     categories = _categories(ctx, cats)
     X, y, rr, cc = _read_samples(ctx, names)
     n_trees, seed = int(p["n_trees"]), int(p["seed"])
-    ctx.progress(0.05, "importance")
-    imp = attribution.importance(X, y, names, measure=p["importance"], n_trees=n_trees, seed=seed, categories=categories)
     valid = ctx.ds.mask & np.all(np.isfinite(stack), axis=0)
-    ctx.progress(0.25, "factorial experiments")
-    fac = attribution.factorial(X, y, stack[:, valid].T, names, categories, n_trees=n_trees, seed=seed)
+    ctx.progress(0.05, "factorial experiments")
+    fac = attribution.factorial(X, y, stack[:, valid].T, names, categories, n_trees=n_trees, seed=seed, keep_model=True)
+    ctx.progress(0.6, "importance")
+    imp = attribution.importance(
+        X, y, names, measure=p["importance"], n_trees=n_trees, seed=seed, categories=categories, model=fac.pop("model_all")
+    )
     ctx.progress(0.8, "spatial block cross-validation")
     models = fac["models"]
     models["all"]["cv_r2"] = attribution.block_cv_r2(X, y, rr, cc, blocks=int(p["cv_blocks"]), n_trees=n_trees, seed=seed)
@@ -369,9 +371,11 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
         rows, cols = attribution.sample_points(valid_all, n=int(sp["n_points"]), seed=s_seed)
         X = stack[:, rows, cols].T
         y = npp[rows, cols]
-        fac = attribution.factorial(X, y, X_all, names, categories, n_trees=int(rp["n_trees"]), seed=rf_seed)
+        fac = attribution.factorial(X, y, X_all, names, categories, n_trees=int(rp["n_trees"]), seed=rf_seed,
+                                    keep_model=True)
         imp = attribution.importance(
-            X, y, names, measure=rp["importance"], n_trees=int(rp["n_trees"]), seed=rf_seed, categories=categories
+            X, y, names, measure=rp["importance"], n_trees=int(rp["n_trees"]), seed=rf_seed, categories=categories,
+            model=fac.pop("model_all"),
         )
         cat_names = list(fac["categories"])
         rel = _to_raster(fac["relcon"], valid)

@@ -155,3 +155,30 @@ def test_rerun_is_cached_and_threshold_change_recomputes_only_dominance(sample_r
     s60 = json.loads((out / "summary.json").read_text())["dominant"]["area_share"]
     singles = ("C", "S", "M")
     assert sum(s40[c] for c in singles) > sum(s60[c] for c in singles)
+
+
+def test_sample_run_recovers_the_planted_drivers(sample_run):
+    """Mining leads where the sample's land degradation was planted, soil in the fertile east,
+    and climate leads far more often on the rims than in the east."""
+    from npp_core.sample import planted_truth
+
+    out, _ = sample_run
+    t = planted_truth(0)
+    z, inside = t["zones"], t["inside"]
+    with rasterio.open(out / "dominant.tif") as d:
+        codes = d.read(1)
+    labels = json.loads((out / "summary.json").read_text())["dominant"]["codes"]
+
+    def first_letter_shares(sel):
+        c = codes[sel & (codes > 0)]
+        assert c.size > 500
+        first = np.array([labels[str(int(k))][0] for k in c])
+        return {L: float(np.mean(first == L)) for L in "CSM"}
+
+    mining = first_letter_shares(inside & (np.nan_to_num(z["mining"]) > 0.3))
+    east = first_letter_shares(inside & (z["soil"] > 0.8) & (np.nan_to_num(z["mining"]) < 0.05))
+    rims = first_letter_shares(inside & (z["climate"] > 0.7))
+    assert mining["M"] > 0.45 and mining["M"] == max(mining.values()), mining
+    assert east["S"] > 0.5 and east["S"] == max(east.values()), east
+    assert rims["C"] > east["C"] + 0.1, (rims, east)
+    assert east["M"] < 0.1
