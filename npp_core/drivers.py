@@ -165,6 +165,9 @@ def build_drivers(
             from . import ahp
 
             dp = params["degradation"]
+            if dp.get("ahp_override"):
+                deg = dict(deg, ahp_names=dp["ahp_override"]["names"], ahp_matrix=np.asarray(dp["ahp_override"]["matrix"], float),
+                           ahp_file="the edited AHP matrix (degradation.ahp_override)")
             names = list(deg["ahp_names"])
             w, cr = ahp.weights(deg["ahp_matrix"])
             info: dict[str, Any] = {"weights": dict(zip(names, map(float, w))), "cr": float(cr), "consistent": bool(cr < 0.1)}

@@ -92,6 +92,10 @@ SCHEMA: dict[str, dict[str, Setting]] = {
             1500.0, "Distance-type indicators are capped at this distance before scaling.", "m", min=0.0
         ),
         "accept_inconsistent": Setting(False, "Continue when the AHP consistency ratio is ≥ 0.1."),
+        "ahp_override": Setting(
+            {},
+            "AHP pairwise matrix edited by the user: { names = [...], matrix = [[...], ...] }; empty = the dataset's.",
+        ),
     },
     "lcc": {
         "window": Setting(5, "Local-correlation moving-window side (odd).", "pixels", min=3, max=201),
@@ -212,6 +216,8 @@ def validate(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 v = merged
             if sec == "casa" and key == "overrides":
                 v = _check_overrides(v)
+            if sec == "degradation" and key == "ahp_override":
+                v = _check_ahp_override(v)
             out[sec][key] = v
     for key in ("window",):
         for sec in ("estarfm", "lcc"):
@@ -239,6 +245,24 @@ def _check_overrides(v: Any) -> dict[str, dict[str, float]]:
             raise ParamsError(f"setting casa.overrides.{cls}: ndvi_min must be below ndvi_max.")
         out[str(cls)] = clean
     return out
+
+
+def _check_ahp_override(v: Any) -> dict[str, Any]:
+    if v in ({}, None):
+        return {}
+    msg = "setting degradation.ahp_override must be { names = [\"a\", \"b\", …], matrix = [[1, 3, …], …] } (square, one row per name)."
+    if not isinstance(v, dict) or set(v) != {"names", "matrix"}:
+        raise ParamsError(msg)
+    names, m = v["names"], v["matrix"]
+    if not isinstance(names, list) or not isinstance(m, list) or len(m) != len(names):
+        raise ParamsError(msg)
+    try:
+        rows = [[float(x) for x in row] for row in m]
+    except (TypeError, ValueError):
+        raise ParamsError(msg) from None
+    if any(len(r) != len(names) for r in rows):
+        raise ParamsError(msg)
+    return {"names": [str(n) for n in names], "matrix": rows}
 
 
 def set_value(params: dict[str, dict[str, Any]], assignment: str) -> dict[str, dict[str, Any]]:

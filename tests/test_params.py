@@ -85,3 +85,11 @@ def test_class_overrides_validated_and_round_trip():
         P.loads('[casa.overrides]\nforest = { ndvi_min = 0.9, ndvi_max = 0.8 }\n')
     with pytest.raises(P.ParamsError, match="unknown; use eps_max"):
         P.loads('[casa.overrides]\nforest = { epsmax = 0.9 }\n')
+
+
+def test_ahp_override_validated():
+    p = P.loads('[degradation.ahp_override]\nnames = ["a", "b"]\nmatrix = [[1, 3], [0.3333, 1]]\n')
+    assert p["degradation"]["ahp_override"]["matrix"][0] == [1.0, 3.0]
+    assert P.loads(P.dumps(p)) == p
+    with pytest.raises(P.ParamsError, match="square"):
+        P.loads('[degradation.ahp_override]\nnames = ["a", "b"]\nmatrix = [[1, 3]]\n')
