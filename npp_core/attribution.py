@@ -56,6 +56,7 @@ __all__ = [
     "rgb_composite",
     "class_shares",
     "relcon_mean",
+    "undetermined_mask",
     "MEASURES",
 ]
 
@@ -857,3 +858,27 @@ def relcon_mean(
     if not ok.any():
         return {c: float("nan") for c in names}
     return {c: float(relcon[i][ok].mean()) for i, c in enumerate(names)}
+
+
+def undetermined_mask(actcon: np.ndarray, noise_floor: float | None) -> np.ndarray:
+    """Pixels whose Σ|ActCon| is 0 or below the seed-to-seed noise floor ("undetermined").
+
+    Parameters
+    ----------
+    actcon : ndarray, shape (k, rows, cols)
+        Signed actual contributions (``actcon.tif``), NPP units.
+    noise_floor : float or None
+        ``summary["attribution"]["noise_floor"]`` (from :func:`factorial`); None = only Σ = 0.
+
+    Returns
+    -------
+    ndarray of bool, shape (rows, cols)
+        False where any category's ActCon is NaN.
+    """
+    a = np.asarray(actcon, dtype=np.float64)
+    valid = np.all(np.isfinite(a), axis=0)
+    s = np.abs(np.where(valid[None], a, 0.0)).sum(axis=0)
+    und = valid & (s == 0)
+    if noise_floor is not None and np.isfinite(float(noise_floor)):
+        und |= valid & (s < float(noise_floor))
+    return und

@@ -7,6 +7,7 @@
     python -m npp_core run DATASET --out OUT [--config params.toml] [--set section.key=value ...]
                                    [--only STAGES] [--cache DIR]
     python -m npp_core params [--out params.toml]
+    python -m npp_core bench-data OUT --pixels N [--seed N]
 
 Exit status: 0 success, 1 problems found or a stage failed, 2 bad usage.
 """
@@ -16,6 +17,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -44,31 +46,42 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     with ds:
-        summ = ds.summary()
-        g = ds.grid.to_dict()
-        print(f"dataset: {ds.name}  ({ds.root})")
-        print(f"grid: {g['crs']}  {g['height']} rows × {g['width']} cols  {g['res'][0]:g} × {g['res'][1]:g}  "
-              f"bounds {', '.join(f'{b:.1f}' for b in g['bounds'])}")
-        for lay in summ.get("layers", []):
-            bits = [str(lay.get(k)) for k in ("role", "file") if lay.get(k)]
-            extra = []
-            if lay.get("bands"):
-                extra.append(f"{lay['bands']} band(s)")
-            if lay.get("dates"):
-                d = lay["dates"]
-                if isinstance(d, dict):
-                    extra.append(f"dates {d.get('first')}..{d.get('last')}")
-            if lay.get("units"):
-                extra.append(f"units {lay['units']}")
-            if lay.get("resampling"):
-                extra.append(f"resampled: {lay['resampling']}")
-            print("  " + "  ".join(bits) + ("  (" + ", ".join(extra) + ")" if extra else ""))
-        problems = ds.check(stages=_stages_arg(args.stages))
-        errors = [p for p in problems if p.severity == "error"]
-        for p in problems:
-            print(f"{p.severity}: {p.file}: {p.message}" + (f"\n    fix: {p.fix}" if p.fix else ""))
-        print(f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)")
-        return 1 if errors else 0
+        try:
+            return _report_check(ds, _stages_arg(args.stages))
+        except Exception as exc:  # never a traceback for a user's data
+            print(f"error: {ds.name}: could not be checked ({exc.__class__.__name__}: {exc}). "
+                  "Report this with the dataset if the message does not say what to fix.", file=sys.stderr)
+            return 1
+
+
+def _report_check(ds: Any, stages: list[str] | None) -> int:
+    """Print what was understood of a dataset and every problem; 1 if there are errors."""
+    summ = ds.summary()
+    g = ds.grid.to_dict()
+    print(f"dataset: {ds.name}  ({ds.root})")
+    print(f"grid: {g['crs']}  {g['height']} rows × {g['width']} cols  {g['res'][0]:g} × {g['res'][1]:g}  "
+          f"bounds {', '.join(f'{b:.1f}' for b in g['bounds'])}")
+    for lay in summ.get("layers", []):
+        bits = [str(lay.get(k)) for k in ("role", "file") if lay.get(k)]
+        extra = []
+        if lay.get("bands"):
+            extra.append(f"{lay['bands']} band(s)")
+        if lay.get("dates"):
+            d = lay["dates"]
+            if isinstance(d, dict):
+                extra.append(f"dates {d.get('first')}..{d.get('last')}")
+        if lay.get("units"):
+            extra.append(f"units {lay['units']}")
+        if lay.get("resampling"):
+            extra.append(f"resampled: {lay['resampling']}")
+        print("  " + "  ".join(bits) + ("  (" + ", ".join(extra) + ")" if extra else ""))
+    problems = ds.check(stages=stages)
+    errors = [p for p in problems if p.severity == "error"]
+    warns = [p for p in problems if p.severity == "warning"]
+    for p in problems:
+        print(f"{p.severity}: {p.file}: {p.message}" + (f"\n    fix: {p.fix}" if p.fix else ""))
+    print(f"{len(errors)} error(s), {len(warns)} warning(s)")
+    return 1 if errors else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -88,7 +101,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     only = _stages_arg(args.only)
     with ds:
-        errors = [p for p in ds.check(stages=only) if p.severity == "error"]
+        try:
+            errors = [p for p in ds.check(stages=only) if p.severity == "error"]
+        except Exception as exc:
+            print(f"error: {ds.name}: could not be checked ({exc.__class__.__name__}: {exc}).", file=sys.stderr)
+            return 1
         if errors:
             for p in errors:
                 print(f"error: {p.file}: {p.message}" + (f"\n    fix: {p.fix}" if p.fix else ""), file=sys.stderr)
@@ -103,8 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         try:
             result = run(ds, prm, args.out, only=only, cache_dir=args.cache, progress=progress)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except Exception as exc:  # stage failures are reported per stage; this is for anything else
+            print(f"error: {exc.__class__.__name__ + ': ' if not isinstance(exc, ValueError) else ''}{exc}", file=sys.stderr)
             return 1
     for s in result.stages:
         line = f"{s.name:12s} {s.status:11s} {s.seconds:7.1f} s"
@@ -113,6 +130,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(line)
     print(f"outputs in {result.out_dir}")
     return 0 if result.ok else 1
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from .benchdata import bench_data
+
+    t0 = time.perf_counter()
+    out = bench_data(Path(args.out), int(args.pixels), seed=args.seed)
+    print(f"synthetic area of about {int(args.pixels):,} pixels written to {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -149,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", help="target stages (comma-separated); the stages they need run too")
     r.add_argument("--cache", help="stage cache folder shared with the dashboard")
     r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench-data", help="write a synthetic area of about N pixels (tiled sample basin) for benchmarks")
+    b.add_argument("out")
+    b.add_argument("--pixels", type=float, required=True, help="approximate number of pixels, e.g. 4e6")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=cmd_bench_data)
 
     p = sub.add_parser("params", help="print or write the default params.toml")
     p.add_argument("--out")

@@ -47,7 +47,7 @@ import numpy as np
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
-from .raster import Grid, RasterError, open_checked, read_raster
+from .raster import MAX_PIXELS, Grid, RasterError, open_checked, read_raster
 
 __all__ = [
     "open_dataset",
@@ -74,6 +74,23 @@ CASA_TYPES = ("evergreen_needleleaf", "evergreen_broadleaf", "deciduous_needlele
 DIRECTIONS = ("higher_is_worse", "lower_is_worse")
 _MAX_MANIFEST_BYTES = 1_000_000
 _MAX_GEOJSON_BYTES = 50_000_000
+_MAX_MANIFEST_DEPTH = 12
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of dicts/lists (iterative, so a hostile document cannot exhaust the stack)."""
+    deepest = 0
+    stack = [(obj, 0)]
+    while stack:
+        o, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > 1000:
+            break
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, (list, tuple)):
+            stack.extend((v, d + 1) for v in o)
+    return deepest
 
 ENTRY_KEYS = ("path", "scale", "offset", "units", "nodata", "crs", "start", "step", "date", "kind", "category")
 _DEFAULT_KEYS = ("scale", "offset", "units", "nodata", "crs", "start", "step")
@@ -499,6 +516,12 @@ class Dataset:
             raise DatasetError(
                 f"{MANIFEST}: not valid TOML ({exc}). Fix the syntax at that line: quote paths and text, and keep "
                 "inline tables { … } on one line (use [section.sub] tables for anything longer).") from None
+        except RecursionError:
+            raise DatasetError(f"{MANIFEST}: nested too deeply to be a dataset manifest. Write it as in the "
+                               "dataset format (sections, file entries, short lists).") from None
+        if _depth(self.manifest) > _MAX_MANIFEST_DEPTH:
+            raise DatasetError(f"{MANIFEST}: tables or lists nested more than {_MAX_MANIFEST_DEPTH} levels deep. "
+                               "Write it as in the dataset format (sections, file entries, short lists).")
         self._problems: list[Problem] = []
         self._roles: dict[str, list[Entry]] = {}
         self._parse()
@@ -626,8 +649,13 @@ class Dataset:
             scale = float(merged.get("scale", 1.0))
             offset = float(merged.get("offset", 0.0))
             nodata = None if merged.get("nodata") is None else float(merged["nodata"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             self._warn(f"'{key}': scale, offset and nodata must be numbers.", "Write them without quotes.", key,
+                       severity="error")
+            return []
+        if not (math.isfinite(scale) and math.isfinite(offset)) or scale == 0:
+            self._warn(f"'{key}': scale = {scale:g}, offset = {offset:g} would destroy every value.",
+                       "Give a finite, non-zero scale and a finite offset (value × scale + offset).", key,
                        severity="error")
             return []
         if not isinstance(merged["path"], str) or not merged["path"].strip():
@@ -745,8 +773,19 @@ class Dataset:
                 mask &= self._boundary_mask(probs)
             except DatasetError as exc:
                 probs.extend(exc.problems or [Problem("error", self._roles["boundary"][0].path, str(exc), "", "boundary")])
+            except Exception as exc:  # malformed geometry: a problem to report, never a crash
+                probs.append(Problem("error", self._roles["boundary"][0].path,
+                                     f"not a usable polygon GeoJSON ({exc.__class__.__name__}: {str(exc)[:120]}).",
+                                     "Export the study-area polygon again as GeoJSON (Polygon or MultiPolygon).",
+                                     "boundary"))
         if "landcover" in self._roles:
-            stack, _, _ = self._load_raw("landcover", apply_mask=False)
+            try:
+                stack, _, _ = self._load_raw("landcover", apply_mask=False)
+            except Exception as exc:  # reported with the land cover itself; never a crash here
+                stack = None
+                probs.append(Problem("error", self._roles["landcover"][0].path, f"could not be read for the study-area "
+                                     f"mask ({exc.__class__.__name__}: {str(exc)[:160]}).",
+                                     "Export the land-cover raster again as a GeoTIFF and check its CRS.", "landcover"))
             if stack is not None:
                 codes = stack[0]
                 ok = np.isfinite(codes)
@@ -776,7 +815,7 @@ class Dataset:
             raise DatasetError(str(pr), [pr])
         try:
             gj = json.loads(p.read_bytes().decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             pr = Problem("error", rel, f"not valid GeoJSON ({str(exc)[:120]}).",
                          "Export the study-area polygon as GeoJSON.", "boundary")
             raise DatasetError(str(pr), [pr]) from None
@@ -887,9 +926,16 @@ class Dataset:
             try:
                 data, sg, dtexts, full_shape = self._read_clipped(p, e)
             except RasterError as exc:
-                probs.append(Problem("error", rel, f"{exc} (manifest key '{e.key}')",
-                                     "Export the file again as a GeoTIFF.", role))
+                probs.append(Problem("error", rel, f"{exc.problem} (manifest key '{e.key}')",
+                                     exc.fix or "Export the file again as a GeoTIFF.", role))
                 continue
+            bad = np.isinf(data)
+            if bad.any():
+                probs.append(Problem("warning", rel, f"{int(bad.sum()):,} value(s) are infinite; they are treated as "
+                                     f"nodata (manifest key '{e.key}').",
+                                     "Set the file's nodata value (or nodata = ... in its entry) so that no value is "
+                                     "±inf, or export it again.", role))
+                data = np.where(bad, np.nan, data)
             src_crs = sg.crs
             explicit = isinstance(e.raw, dict) and "crs" in e.raw  # else a [section] default: fills a missing CRS only
             if e.crs and (explicit or src_crs is None or not str(src_crs)):
@@ -1022,6 +1068,12 @@ class Dataset:
 
         with open_checked(p) as src:
             full_shape = (src.height, src.width)
+            n_aligned = int(src.count) * self.grid.width * self.grid.height
+            if n_aligned > MAX_PIXELS:
+                msg = (f"its {src.count} band(s) on the {self.grid.height} × {self.grid.width} reference grid would "
+                       f"be {n_aligned:,} values, more than the limit of {MAX_PIXELS:,}.")
+                fix = "Split the series into shorter files, or use a coarser reference grid."
+                raise RasterError(f"{p.name}: {msg} {fix}", problem=msg, fix=fix)
             explicit = isinstance(e.raw, dict) and "crs" in e.raw
             crs = _crs_or_none(e.crs) if e.crs and (explicit or not src.crs) else (
                 CRS.from_user_input(src.crs) if src.crs else None)
@@ -1045,8 +1097,9 @@ class Dataset:
                 try:
                     data = src.read(idx, window=win, masked=False).astype(np.float64)
                 except Exception as exc:
-                    raise RasterError(f"{p.name}: the file is truncated or corrupt ({str(exc)[:160]}). "
-                                      "Export it again.") from None
+                    msg = f"the file is truncated or corrupt ({str(exc).replace(str(p), p.name)[:160]})."
+                    fix = "Export it again as a GeoTIFF (and check the upload finished)."
+                    raise RasterError(f"{p.name}: {msg} {fix}", problem=msg, fix=fix) from None
                 nd = e.nodata if e.nodata is not None else src.nodata
                 if nd is not None and not np.isnan(nd):
                     data[data == nd] = np.nan
@@ -1240,7 +1293,10 @@ class Dataset:
                 probs.append(Problem("warning", MANIFEST, f"[landcover.casa_type] names '{name}', which is not a class."
                                      f"{_closest(name, classes.values())}",
                                      "Use the class names of [landcover.classes].", "landcover"))
-        m = self.mask
+        # the mask's own problems (e.g. empty because of these codes) are reported with the land cover,
+        # so that the cause above is not replaced by its consequence
+        m, mprobs = self._ensure_mask()
+        probs.extend(p for p in mprobs if p.severity == "error" and p not in probs)
         out = np.where(m & (codes >= 0), codes, -1)
         out = np.where(np.isin(out, list(classes)), out, -1).astype(np.int16)
         return (out, dict(classes), casa_type), probs, info
@@ -1399,9 +1455,9 @@ class Dataset:
                                    f"(manifest key '{role}').", f"Add nodata = {lo:.6g} to the '{role}' entry.", role))
             elif lo < 0 and var == "precipitation":
                 share = float(np.sum(v < 0) / np.isfinite(v).sum())
-                out.append(Problem("warning", rel, f"negative precipitation ({100 * share:.2f}% of values, min "
-                                   f"{lo:.4g} mm).", "Check scale, offset and nodata; precipitation cannot be "
-                                   "negative.", role))
+                out.append(Problem("error", rel, f"negative precipitation ({100 * share:.2f}% of values, min "
+                                   f"{lo:.4g} mm); CASA cannot use negative totals.",
+                                   "Check scale, offset and nodata; precipitation cannot be negative.", role))
             if var == "precipitation":
                 annual = med * 12
                 if (declared is None or "month" in str(declared)) and hi < 30 and annual < 150:
@@ -1525,7 +1581,8 @@ class Dataset:
         try:
             df = read_csv(p, required=required, numeric=numeric, name=self._rel(p))
         except TableError as exc:
-            return None, p, [Problem("error", self._rel(p), str(exc).split(": ", 1)[-1], "See the message.", role)]
+            return None, p, [Problem("error", self._rel(p), getattr(exc, "problem", str(exc).split(": ", 1)[-1]),
+                                     getattr(exc, "fix", "") or "See the message.", role)]
         probs = []
         if df.attrs.get("decimal_comma"):
             probs.append(Problem("info", self._rel(p), "decimal commas read as decimal points.", "", role))
@@ -1580,9 +1637,12 @@ class Dataset:
             except Exception:
                 pass
             l, bo, r, t = self.grid.bounds
-            probs.append(Problem("error", rel, f"{msg}: points span x {_fmt_range(np.asarray(gx))}, y "
-                                 f"{_fmt_range(np.asarray(gy))} in {self.grid.crs.to_string()}; the grid spans x "
-                                 f"{l:.6g} to {r:.6g}, y {bo:.6g} to {t:.6g}.", fix, role))
+            where = (f"x {_fmt_range(np.asarray(gx))}, y {_fmt_range(np.asarray(gy))} in {self.grid.crs.to_string()}"
+                     if np.isfinite(np.asarray(gx)).any() and np.isfinite(np.asarray(gy)).any() else
+                     f"x ('{xcol}') {_fmt_range(np.asarray(x, dtype=float))}, y ('{ycol}') "
+                     f"{_fmt_range(np.asarray(y, dtype=float))} in {src.to_string()}")
+            probs.append(Problem("error", rel, f"{msg}: points span {where}; the grid spans x "
+                                 f"{l:.6g} to {r:.6g}, y {bo:.6g} to {t:.6g} in {self.grid.crs.to_string()}.", fix, role))
             return None, None, probs
         if share < 1:
             n_out = int(round((1 - share) * len(gx)))
@@ -1699,7 +1759,16 @@ class Dataset:
                             probs.append(Problem("error", rel, "AHP judgements must be positive numbers (no empty "
                                                  "cells).", "Fill every cell with a Saaty 1–9 value or its reciprocal.",
                                                  "degradation.ahp"))
-                        missing = [n for n in ahp_names if n not in indicators]
+                        # indicators that are named but failed to load have their own error already
+                        declared = set(names) | (set(map(str, sec["indicators"])) if isinstance(
+                            sec.get("indicators"), dict) else set())
+                        missing = [n for n in ahp_names if n not in declared]
+                        unusable = [n for n in ahp_names if n in declared and n not in names]
+                        if unusable:
+                            probs.append(Problem("error", MANIFEST, f"the entries of {unusable} in "
+                                                 "[degradation.indicators] are unusable (see the error about them), "
+                                                 "so the AHP matrix cannot be applied.", "Correct those entries.",
+                                                 "degradation.ahp"))
                         extra = [n for n in names if n not in ahp_names]
                         if missing:
                             probs.append(Problem("error", rel, f"the AHP matrix names {missing}, which have no raster "
@@ -1709,8 +1778,8 @@ class Dataset:
                             probs.append(Problem("warning", rel, f"indicators {extra} are not in the AHP matrix and are "
                                                  "not used.", "Add them to the matrix.", "degradation.ahp"))
                     except Exception as exc:
-                        probs.append(Problem("error", rel, str(exc).split(": ", 1)[-1], "Use numbers only.",
-                                             "degradation.ahp"))
+                        probs.append(Problem("error", rel, getattr(exc, "problem", str(exc).split(": ", 1)[-1]),
+                                             getattr(exc, "fix", "") or "Use numbers only.", "degradation.ahp"))
         elif names:
             probs.append(Problem("warning", MANIFEST, "no AHP matrix ([degradation] ahp); indicators get equal weights.",
                                  "Add ahp = \"ld/ahp_matrix.csv\" or edit the matrix in the dashboard.", "degradation"))
@@ -1751,7 +1820,8 @@ class Dataset:
             num = [mc] + ([] if has_wkt else [xc, yc]) + ([rc] if rc in head.columns else [])
             df = read_csv(p, required=req, numeric=num, name=rel)
         except TableError as exc:
-            return [], [Problem("error", rel, str(exc).split(": ", 1)[-1], "See the message.", "validation.plots")], {}
+            return [], [Problem("error", rel, getattr(exc, "problem", str(exc).split(": ", 1)[-1]),
+                                getattr(exc, "fix", "") or "See the message.", "validation.plots")], {}
         probs: list[Problem] = []
         radius = df[rc].to_numpy(float) if rc in df.columns else np.zeros(len(df))
         if has_wkt:

@@ -37,7 +37,24 @@ MAX_PIXELS = 400_000_000
 
 
 class RasterError(ValueError):
-    """A raster that cannot be used, with a message naming the file and the fix."""
+    """A raster that cannot be used, with a message naming the file and the fix.
+
+    Parameters
+    ----------
+    message : str
+        The whole message (``"<file>: <problem>. <fix>"``).
+    problem, fix : str, optional
+        The problem and the fix on their own (for listings that show them apart).
+    """
+
+    def __init__(self, message: str, *, problem: str = "", fix: str = ""):
+        super().__init__(message)
+        self.problem = problem or message
+        self.fix = fix
+
+
+def _error(name: str, problem: str, fix: str) -> RasterError:
+    return RasterError(f"{name}: {problem} {fix}", problem=problem, fix=fix)
 
 
 @dataclass(frozen=True)
@@ -127,24 +144,51 @@ class Grid:
 def _check_size(path: Path | str, ds: Any) -> None:
     n = int(ds.width) * int(ds.height) * int(ds.count)
     if n > MAX_PIXELS:
-        raise RasterError(
-            f"{Path(path).name}: claims {ds.count} band(s) of {ds.height} × {ds.width} pixels "
-            f"({n:,} values), more than the limit of {MAX_PIXELS:,}. Clip the raster to the study area "
-            "or resample it before loading."
+        raise _error(
+            Path(path).name,
+            f"claims {ds.count} band(s) of {ds.height} × {ds.width} pixels ({n:,} values), more than the "
+            f"limit of {MAX_PIXELS:,}.",
+            "Clip the raster to the study area or resample it before loading.",
         )
+
+
+def _short(exc: BaseException, p: Path) -> str:
+    """The library's message without the full temporary path, shortened."""
+    return str(exc).replace(str(p), p.name).replace(str(p.resolve()), p.name)[:200]
+
+
+def _sniff(p: Path) -> str:
+    """What the file looks like when it is not a raster GDAL reads (for messages)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return ""
+    if not head:
+        return ": the file is empty"
+    for magic, what in ((b"PK", "a zip archive"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8", "a JPEG image"),
+                        (b"%PDF", "a PDF document"), (b"<", "an HTML/XML text"), (b"{", "a JSON text"),
+                        (b"\x80", "a Python pickle")):
+        if head.startswith(magic):
+            return f": the file is {what}, not a GeoTIFF"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return ": the TIFF structure is damaged (truncated upload?)"
+    return ""
 
 
 def open_checked(path: Path | str) -> Any:
     """Open a raster with rasterio, turning failures into :class:`RasterError`."""
     p = Path(path)
     if not p.exists():
-        raise RasterError(f"{p.name}: file not found at {p}. Check the path in the manifest.")
+        raise _error(p.name, f"file not found at {p}.", "Check the path in the manifest.")
     try:
         ds = rasterio.open(p)
     except Exception as exc:  # rasterio raises several types for broken files
-        raise RasterError(
-            f"{p.name}: not a readable raster ({exc.__class__.__name__}: {str(exc)[:200]}). "
-            "Export it again as a GeoTIFF."
+        kind = _sniff(p)
+        raise _error(
+            p.name,
+            f"not a readable raster{kind} ({exc.__class__.__name__}: {_short(exc, p)}).",
+            "Export it again as a GeoTIFF.",
         ) from None
     try:
         _check_size(p, ds)
@@ -183,9 +227,10 @@ def read_raster(
         try:
             data = ds.read(idx, masked=False).astype(np.float64)
         except Exception as exc:
-            raise RasterError(
-                f"{Path(path).name}: the file is truncated or corrupt ({str(exc)[:160]}). "
-                "Export it again."
+            raise _error(
+                Path(path).name,
+                f"the file is truncated or corrupt ({_short(exc, Path(path))}).",
+                "Export it again as a GeoTIFF (and check the upload finished).",
             ) from None
         nd = nodata if nodata is not None else ds.nodata
         if nd is not None and not np.isnan(nd):
@@ -228,6 +273,7 @@ def write_raster(
     tags: dict[str, str] | None = None,
     band_tags: Sequence[dict[str, str]] | None = None,
     colormap: dict[int, tuple[int, int, int, int]] | None = None,
+    mask: np.ndarray | None = None,
 ) -> Path:
     """Write a tiled, deflate-compressed GeoTIFF atomically.
 
@@ -249,6 +295,9 @@ def write_raster(
         Dataset and per-band metadata.
     colormap : dict, optional
         Colour table for band 1 (uint8 class maps).
+    mask : ndarray of bool, shape (rows, cols), optional
+        Valid pixels, written as an internal per-dataset mask (for rasters
+        such as RGB composites where every value is a valid colour).
 
     Returns
     -------
@@ -302,6 +351,8 @@ def write_raster(
                     ds.update_tags(i + 1, **{k: str(v) for k, v in band_tags[i].items()})
             if colormap:
                 ds.write_colormap(1, colormap)
+            if mask is not None:
+                ds.write_mask(np.where(np.asarray(mask, bool), 255, 0).astype(np.uint8))
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

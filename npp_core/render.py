@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .attribution import undetermined_mask  # noqa: F401  (re-exported for the pages)
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -715,22 +717,3 @@ def standalone_html(m: Any) -> str:
 # --------------------------------------------------------------------------- analysis helpers
 
 
-def undetermined_mask(actcon: np.ndarray, noise_floor: float) -> np.ndarray:
-    """Pixels whose total absolute contribution is below the noise floor.
-
-    Parameters
-    ----------
-    actcon : ndarray, shape (k, rows, cols)
-        Signed actual contributions (``actcon.tif``), gC m⁻² yr⁻¹.
-    noise_floor : float
-        ``summary["attribution"]["noise_floor"]``.
-
-    Returns
-    -------
-    ndarray of bool, shape (rows, cols)
-        True where Σ|ActCon| < noise_floor (NaN pixels are False).
-    """
-    a = np.asarray(actcon, dtype=np.float64)
-    tot = np.nansum(np.abs(a), axis=0)
-    anyvalid = np.any(np.isfinite(a), axis=0)
-    return anyvalid & (tot < float(noise_floor))

@@ -134,7 +134,7 @@ def extract_zip(
             raise SafeZipError(f"{label}: file not found. Check the path to the .zip.")
     try:
         zf = zipfile.ZipFile(src)  # type: ignore[arg-type]
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # BadZipFile, OSError, ValueError, NotImplementedError, struct/zlib errors …
         raise SafeZipError(f"{label}: not a readable zip archive ({exc}). Create the archive again.") from None
 
     dest = Path(dest)
@@ -222,9 +222,10 @@ def extract_zip(
         except SafeZipError:
             _cleanup(created)
             raise
-        except (zipfile.BadZipFile, OSError, EOFError, zipfile.LargeZipFile, RuntimeError) as exc:
+        except Exception as exc:  # BadZipFile, zlib.error, EOFError, ValueError (bad offsets), CRC errors …
             _cleanup(created)
-            raise SafeZipError(f"{label}: corrupt archive ({exc}). Create the archive again.") from None
+            raise SafeZipError(f"{label}: corrupt archive ({exc.__class__.__name__}: {str(exc)[:160]}). "
+                               "Create the archive again.") from None
     return find_manifest_dir(dest)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .outputs import write_csv
 from .pipeline import Context, StageError
-from .raster import write_raster
+from .raster import read_raster, write_raster
 
 __all__ = ["STAGE_FUNCS"]
 
@@ -263,6 +263,9 @@ def stage_lcc(ctx: Context) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- attribution
+#: Pixels (random, seeded) on which the seed-to-seed noise floor of RF_all is estimated.
+NOISE_PIXELS = 20_000
+
 def _read_samples(ctx: Context, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     import csv
 
@@ -286,7 +289,9 @@ def stage_attribution(ctx: Context) -> dict[str, Any]:
     n_trees, seed = int(p["n_trees"]), int(p["seed"])
     valid = ctx.ds.mask & np.all(np.isfinite(stack), axis=0)
     ctx.progress(0.05, "factorial experiments")
-    fac = attribution.factorial(X, y, stack[:, valid].T, names, categories, n_trees=n_trees, seed=seed, keep_model=True)
+    fac = attribution.factorial(
+        X, y, stack[:, valid].T, names, categories, n_trees=n_trees, seed=seed, keep_model=True, noise_pixels=NOISE_PIXELS
+    )
     ctx.progress(0.6, "importance")
     imp = attribution.importance(
         X, y, names, measure=p["importance"], n_trees=n_trees, seed=seed, categories=categories, model=fac.pop("model_all")
@@ -327,17 +332,6 @@ def _to_raster(values: np.ndarray, valid: np.ndarray, fill: Any = np.nan) -> np.
     return out
 
 
-def _undetermined(act: np.ndarray, floor: float | None) -> np.ndarray:
-    """Pixels whose Σ|ActCon| is 0 or below the seed-to-seed noise floor."""
-    valid = np.all(np.isfinite(act), axis=0)
-    s = np.where(valid, np.abs(np.where(valid[None], act, 0)).sum(axis=0), np.nan)
-    with np.errstate(invalid="ignore"):
-        und = valid & (s == 0)
-        if floor is not None and np.isfinite(floor):
-            und |= valid & (s < float(floor))
-    return und
-
-
 # ---------------------------------------------------------------- ensemble
 def stage_ensemble(ctx: Context) -> dict[str, Any]:
     """Repeat the factorial attribution over seeds and/or sample draws (``ensemble.members`` > 0).
@@ -360,7 +354,8 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
     valid_all = ctx.ds.mask & np.isfinite(npp) & np.all(np.isfinite(stack), axis=0)
     valid = ctx.ds.mask & np.all(np.isfinite(stack), axis=0)
     X_all = stack[:, valid].T
-    bands: list[np.ndarray] = []
+    k_cats = sum(1 for c in categories if categories[c])
+    bands = np.full((k_members * (k_cats + 1),) + valid.shape, np.nan, dtype=np.float32)
     band_names: list[str] = []
     members: list[dict[str, Any]] = []
     cat_names: list[str] = []
@@ -372,7 +367,7 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
         X = stack[:, rows, cols].T
         y = npp[rows, cols]
         fac = attribution.factorial(X, y, X_all, names, categories, n_trees=int(rp["n_trees"]), seed=rf_seed,
-                                    keep_model=True)
+                                    keep_model=True, noise_pixels=NOISE_PIXELS)
         imp = attribution.importance(
             X, y, names, measure=rp["importance"], n_trees=int(rp["n_trees"]), seed=rf_seed, categories=categories,
             model=fac.pop("model_all"),
@@ -381,18 +376,20 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
         rel = _to_raster(fac["relcon"], valid)
         und = np.zeros(valid.shape, bool)
         und[valid] = fac["undetermined"]
+        base = i * (len(cat_names) + 1)
         for g, c in enumerate(cat_names):
-            bands.append(rel[g])
+            bands[base + g] = rel[g]
             band_names.append(f"m{i:03d}_{c}")
-        bands.append(np.where(valid, und.astype(float), np.nan))
+        bands[base + len(cat_names)] = np.where(valid, und.astype(np.float32), np.nan)
         band_names.append(f"m{i:03d}_undetermined")
+        del fac, rel
         members.append({
             "rf_seed": rf_seed,
             "sample_seed": s_seed,
             "importance_categories": imp.get("categories", {}),
             "relcon_mean": attribution.relcon_mean(rel, cat_names, valid & ~und),
         })
-    write_raster(ctx.path("ensemble/relcon.tif"), np.stack(bands), ctx.ds.grid, band_names=band_names)
+    write_raster(ctx.path("ensemble/relcon.tif"), bands[: len(band_names)], ctx.ds.grid, band_names=band_names)
     ctx.wrote("ensemble/relcon.tif")
     return {"ensemble": {"members": k_members, "vary": vary, "categories": cat_names, "member_runs": members}}
 
@@ -428,7 +425,7 @@ def stage_dominance(ctx: Context) -> dict[str, Any]:
     rel, _ = ctx.read("relcon.tif")
     act, _ = ctx.read("actcon.tif")
     valid = np.all(np.isfinite(act), axis=0)
-    und = _undetermined(act, info.get("noise_floor"))
+    und = attribution.undetermined_mask(act, info.get("noise_floor"))
     codes, labels = attribution.dominant_classes(rel, cat_names, threshold=thr, undetermined_mask=und)
     codes = np.where(valid, codes, 0).astype(np.uint8)
     write_raster(ctx.path("dominant.tif"), codes, ctx.ds.grid, dtype="uint8", nodata=0,
@@ -437,17 +434,20 @@ def stage_dominance(ctx: Context) -> dict[str, Any]:
     if {"S", "M", "C"}.issubset(cat_names):
         rgb = attribution.rgb_composite(rel, ("S", "M", "C"), cat_names)
         write_raster(ctx.path("rgb.tif"), np.where(valid[None], rgb, 0), ctx.ds.grid, dtype="uint8",
-                     band_names=["R soil", "G mining", "B climate"])
+                     band_names=["R soil", "G mining", "B climate"], mask=valid)
         ctx.wrote("rgb.tif")
     shares = attribution.class_shares(codes, labels, valid)
     out: dict[str, Any] = {"dominant": {"threshold": thr, "codes": {str(k): v for k, v in labels.items()}, "area_share": shares}}
     ens = ctx.fragments.get("ensemble", {}).get("ensemble", {})
-    if ens.get("members", 0) > 0:
+    if not ens.get("members", 0):
+        for stale in ("dominant_modal.tif", "dominant_agreement.tif", "ensemble/relcon.tif", "ensemble/relcon_mean.tif"):
+            (ctx.out / stale).unlink(missing_ok=True)
+    else:
         k = len(ens["categories"])
         red = EnsembleReducer(max(labels) + 1, codes.shape, list(ens["categories"]))
-        stack, _ = ctx.read("ensemble/relcon.tif")
+        member_file = ctx.out / "ensemble/relcon.tif"
         for i, mrun in enumerate(ens["member_runs"]):
-            block = stack[i * (k + 1): (i + 1) * (k + 1)]
+            block = read_raster(member_file, bands=list(range(i * (k + 1) + 1, (i + 1) * (k + 1) + 1)))[0]
             mrel, mund = block[:k], block[k] == 1
             mcodes, _ = attribution.dominant_classes(mrel, ens["categories"], threshold=thr, undetermined_mask=mund)
             mcodes = np.where(valid, mcodes, 0).astype(np.uint8)
@@ -456,6 +456,9 @@ def stage_dominance(ctx: Context) -> dict[str, Any]:
             sc.update({f"importance.{c}": v for c, v in mrun["importance_categories"].items()})
             red.add(mcodes, mrel, sc)
         mode, agreement = red.modal()
+        write_raster(ctx.path("ensemble/relcon_mean.tif"), np.where(valid[None], red.relcon_mean(), np.nan),
+                     ctx.ds.grid, band_names=list(ens["categories"]))
+        ctx.wrote("ensemble/relcon_mean.tif")
         write_raster(ctx.path("dominant_modal.tif"), mode, ctx.ds.grid, dtype="uint8", nodata=0,
                      colormap=class_colours(labels), band_names=["modal dominant class"])
         write_raster(ctx.path("dominant_agreement.tif"), np.where(valid, agreement, np.nan), ctx.ds.grid,

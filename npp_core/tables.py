@@ -28,7 +28,19 @@ _DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+([eE][+-]?\d+)?$")
 
 
 class TableError(ValueError):
-    """A table that cannot be used, with the file, the column/row and the fix."""
+    """A table that cannot be used, with the file, the column/row and the fix.
+
+    ``str(exc)`` is the whole message; ``problem`` and ``fix`` hold its two parts.
+    """
+
+    def __init__(self, message: str, *, problem: str = "", fix: str = ""):
+        super().__init__(message)
+        self.problem = problem or message
+        self.fix = fix
+
+
+def _err(label: str, problem: str, fix: str) -> TableError:
+    return TableError(f"{label}: {problem} {fix}", problem=problem, fix=fix)
 
 
 def _decode(raw: bytes, name: str) -> tuple[str, str]:
@@ -37,7 +49,7 @@ def _decode(raw: bytes, name: str) -> tuple[str, str]:
             return raw.decode(enc), enc
         except UnicodeDecodeError:
             continue
-    raise TableError(f"{name}: not UTF-8 text. Save the table as 'CSV UTF-8'.")  # pragma: no cover
+    raise _err(name, "not UTF-8 text.", "Save the table as 'CSV UTF-8'.")  # pragma: no cover
 
 
 def _sniff_sep(text: str) -> str:
@@ -47,6 +59,9 @@ def _sniff_sep(text: str) -> str:
             header = line
             break
     counts = {sep: header.count(sep) for sep in (";", "\t", ",")}
+    if not any(counts.values()):
+        # a one-column table: no separator splits it, so a comma in its values can only be a decimal comma
+        return ";"
     if counts[";"] and counts[";"] >= counts[","]:
         return ";"
     if counts["\t"] and counts["\t"] >= counts[","]:
@@ -102,60 +117,71 @@ def read_csv(
         p = Path(path_or_bytes)
         label = name or p.name
         if not p.is_file():
-            raise TableError(f"{label}: file not found at {p}. Check the path in the manifest.")
+            raise _err(label, f"file not found at {p}.", "Check the path in the manifest.")
         if p.stat().st_size > MAX_TABLE_BYTES:
-            raise TableError(f"{label}: larger than {MAX_TABLE_BYTES:,} bytes; is it really a sample table?")
+            raise _err(label, f"larger than {MAX_TABLE_BYTES:,} bytes; is it really a sample table?",
+                       "Give only the table of points (a small CSV).")
         raw = p.read_bytes()
     if len(raw) > MAX_TABLE_BYTES:
-        raise TableError(f"{label}: larger than {MAX_TABLE_BYTES:,} bytes; is it really a sample table?")
+        raise _err(label, f"larger than {MAX_TABLE_BYTES:,} bytes; is it really a sample table?",
+                       "Give only the table of points (a small CSV).")
     text, enc = _decode(raw, label)
     if not text.strip():
-        raise TableError(f"{label}: the table is empty. Export it again with a header row and data rows.")
+        raise _err(label, "the table is empty.", "Export it again with a header row and data rows.")
     sep = _sniff_sep(text)
     try:
         rows = list(csv.reader(io.StringIO(text), delimiter=sep))
     except csv.Error as exc:
-        raise TableError(f"{label}: not a readable CSV ({exc}). Export it again as CSV.") from None
+        raise _err(label, f"not a readable CSV ({exc}).", "Export it again as CSV.") from None
     # keep the file line of every data row for messages; drop blank lines
     lines = [(i + 1, r) for i, r in enumerate(rows) if any(c.strip() for c in r)]
     if not lines:
-        raise TableError(f"{label}: the table is empty. Export it again with a header row and data rows.")
+        raise _err(label, "the table is empty.", "Export it again with a header row and data rows.")
     header = [c.strip().lstrip("\ufeff").strip() for c in lines[0][1]]
     # trailing empty header cells from a trailing separator
     while header and header[-1] == "" and all(len(r) < len(header) or not r[len(header) - 1].strip() for _, r in lines[1:]):
         header.pop()
     if any(h == "" for h in header):
         pos = [str(k + 1) for k, h in enumerate(header) if h == ""]
-        raise TableError(f"{label}: header cell(s) {', '.join(pos)} are empty. Give every column a name.")
+        raise _err(label, f"header cell(s) {', '.join(pos)} are empty.", "Give every column a name.")
     dups = sorted({h for h in header if header.count(h) > 1})
     if dups:
-        raise TableError(f"{label}: column(s) {', '.join(dups)} appear more than once. Rename them.")
+        raise _err(label, f"column(s) {', '.join(dups)} appear more than once.", "Rename them.")
     data_lines = lines[1:]
     bad_width = [ln for ln, r in data_lines if len([c for c in r[len(header):] if c.strip()]) > 0]
     if bad_width:
-        raise TableError(
-            f"{label}: line(s) {_rows_text(bad_width)} have more cells than the {len(header)} header columns "
-            f"(separator '{sep}'). Quote values that contain the separator, or fix those lines."
+        raise _err(
+            label,
+            f"line(s) {_rows_text(bad_width)} have more cells than the {len(header)} header columns "
+            f"(separator '{sep}').",
+            "Quote values that contain the separator, or fix those lines.",
         )
     body = [[(r[k].strip() if k < len(r) else "") for k in range(len(header))] for _, r in data_lines]
     df = pd.DataFrame(body, columns=header, dtype=object)
     file_lines = np.array([ln for ln, _ in data_lines], dtype=np.int64)
 
+    required = [str(c) for c in required]
     missing = [c for c in required if c not in header]
     if missing:
         hints = []
         for c in missing:
-            close = difflib.get_close_matches(c, header, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(c, [h for h in header if h not in required], n=1, cutoff=0.6)
             lower = [h for h in header if h.lower() == c.lower()]
+            cl = c.lower()
+            prefix = [h for h in header if len(h) >= 2 and h not in required
+                      and (cl.startswith(h.lower()) or h.lower().startswith(cl))]
             if lower:
                 hints.append(f"'{c}' → '{lower[0]}'?")
+            elif prefix:  # 'soc' for 'soc_g_kg' (a unit suffix dropped or added)
+                hints.append(f"'{c}' → '{prefix[0]}'?")
             elif close:
                 hints.append(f"'{c}' → '{close[0]}'?")
         hint = f" Did you mean {'; '.join(hints)}" if hints else ""
-        raise TableError(
-            f"{label}: missing column(s) {', '.join(repr(c) for c in missing)}; columns found: "
-            f"{', '.join(repr(h) for h in header)}.{hint} Rename the column in the file or set the column "
-            "name in the manifest."
+        raise _err(
+            label,
+            f"missing column(s) {', '.join(repr(c) for c in missing)}; columns found: "
+            f"{', '.join(repr(h) for h in header)}.{hint}",
+            "Rename the column in the file or set the column name in the manifest.",
         )
 
     decimal_comma = False
@@ -180,9 +206,11 @@ def read_csv(
             fix = "Use numbers only (leave the cell empty for a missing value)"
             if comma.to_numpy()[idx].any() and sep == ",":
                 fix = "Decimal commas need ';' as the separator: export with ';' or use '.' for decimals"
-            raise TableError(
-                f"{label}: column '{col}' has text where numbers are expected on line(s) "
-                f"{_rows_text(file_lines[idx])} ({examples}). {fix}."
+            raise _err(
+                label,
+                f"column '{col}' has text where numbers are expected on line(s) "
+                f"{_rows_text(file_lines[idx])} ({examples}).",
+                f"{fix}.",
             )
         df[col] = num.to_numpy(dtype=np.float64)
     for col in df.columns:

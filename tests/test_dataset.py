@@ -475,7 +475,7 @@ def test_kelvin_per_day_negative_and_solar_checks(tmp_path: Path) -> None:
     assert not find(probs, "tk.tif", "kelvin")
     _write(root, "pneg.tif", np.where(pneg < -1, -3.0, pneg), band_names=m)
     with open_dataset(root) as ds:
-        assert find(ds.check(), "pneg.tif", "negative precipitation", severity="warning")
+        assert find(ds.check(), "pneg.tif", "negative precipitation", severity="error")
 
 
 def test_ndvi_scale_check(tiny: Path) -> None:

@@ -73,3 +73,14 @@ def test_huge_claimed_dimensions_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(raster, "MAX_PIXELS", 20)
     with pytest.raises(RasterError, match="more than the limit"):
         read_raster(p)
+
+
+def test_internal_mask_marks_invalid_pixels(tmp_path):
+    rgb = np.full((3, 5, 7), 7, np.uint8)
+    valid = np.ones((5, 7), bool)
+    valid[0, 0] = False
+    p = write_raster(tmp_path / "rgb.tif", rgb, GRID, dtype="uint8", mask=valid)
+    with rasterio.open(p) as ds:
+        assert ds.read_masks(1)[0, 0] == 0 and ds.read_masks(1)[1, 1] == 255
+    back, _, _ = read_raster(p)
+    assert np.isnan(back[:, 0, 0]).all() and back[0, 1, 1] == 7
