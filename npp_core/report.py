@@ -150,6 +150,54 @@ def fig_class_shares(area_share: Mapping[str, float]) -> Any:
     return _layout(fig, "Dominant-driver classes")
 
 
+def fig_response(
+    rows: Sequence[Mapping[str, Any]], x: str, columns: Sequence[str], *, title: str, x_title: str, y_title: str
+) -> Any:
+    """Response curves of a sensitivity sweep: one line per column against the swept setting.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        One per sweep point (``npp_core.sensitivity`` rows), in sweep order.
+    x : str
+        Column holding the setting's value (numbers give a numeric axis, anything else a categorical one).
+    columns : sequence of str
+        Metric columns to draw, e.g. ``["share.C", "share.S"]``; the part after the first "." names the line.
+    title, x_title, y_title : str
+    """
+    go = _go()
+    xs = [r.get(x) for r in rows]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
+    xv = [float(v) for v in xs] if numeric else [str(v) for v in xs]
+    fig = go.Figure()
+    shares = [c.split(".", 1)[1] for c in columns if c.startswith(("share.", "modal_share."))]
+    pal = render.dominant_colours(dict(enumerate(shares, 1)), [s for s in shares if len(s) == 1] or ["C", "S", "M"])
+    share_rgb = {lab: pal.get(i) for i, lab in enumerate(shares, 1)}
+    for c in columns:
+        name = c.split(".", 1)[1] if "." in c else c
+        colour = CATEGORY_COLOURS.get(name)
+        if colour is None and share_rgb.get(name):
+            colour = "rgb(%d,%d,%d)" % share_rgb[name]
+        fig.add_scatter(x=xv, y=[_f(r.get(c)) for r in rows], mode="lines+markers", name=name,
+                        line_color=colour)
+    fig.update_xaxes(title=x_title, type="linear" if numeric else "category")
+    fig.update_yaxes(title=y_title)
+    return _layout(fig, title)
+
+
+def fig_grid(table: np.ndarray, values1: Sequence[Any], values2: Sequence[Any], *, title: str,
+             x_title: str, y_title: str, z_title: str) -> Any:
+    """Heat map of one metric over a 2-setting grid (``table`` shape (len(values1), len(values2)))."""
+    go = _go()
+    fig = go.Figure(go.Heatmap(z=np.asarray(table, dtype=float).tolist(), x=[str(v) for v in values2],
+                               y=[str(v) for v in values1], colorscale="Viridis", colorbar=dict(title=z_title),
+                               text=np.round(np.asarray(table, dtype=float), 3).astype(str).tolist(),
+                               texttemplate="%{text}"))
+    fig.update_xaxes(title=x_title, type="category")
+    fig.update_yaxes(title=y_title, type="category")
+    return _layout(fig, title, height=360)
+
+
 def fig_validation(plots: list[Mapping[str, Any]]) -> Any:
     """Measured vs simulated NPP at validation plots with the 1:1 line."""
     go = _go()

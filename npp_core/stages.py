@@ -382,33 +382,25 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
             band_names.append(f"m{i:03d}_{c}")
         bands[base + len(cat_names)] = np.where(valid, und.astype(np.float32), np.nan)
         band_names.append(f"m{i:03d}_undetermined")
-        del fac, rel
         members.append({
             "rf_seed": rf_seed,
             "sample_seed": s_seed,
             "importance_categories": imp.get("categories", {}),
             "relcon_mean": attribution.relcon_mean(rel, cat_names, valid & ~und),
         })
+        del fac, rel
     write_raster(ctx.path("ensemble/relcon.tif"), bands[: len(band_names)], ctx.ds.grid, band_names=band_names)
     ctx.wrote("ensemble/relcon.tif")
     return {"ensemble": {"members": k_members, "vary": vary, "categories": cat_names, "member_runs": members}}
 
 
 # ---------------------------------------------------------------- dominance
-DOMINANT_COLOURS = {
-    "C": (49, 130, 189), "S": (215, 48, 39), "M": (26, 152, 80),
-    "CS": (158, 154, 200), "SC": (244, 109, 67), "CM": (102, 194, 165), "MC": (166, 217, 106),
-    "SM": (253, 174, 97), "MS": (217, 239, 139), "undetermined": (189, 189, 189),
-}
-
-
 def class_colours(labels: dict[int, str]) -> dict[int, tuple[int, int, int, int]]:
-    """Colour table for dominant-class codes (code 0 transparent; unknown labels grey shades)."""
+    """GeoTIFF colour table of dominant-class codes: the dashboard's palette, code 0 transparent."""
+    from .render import dominant_colours
+
     out: dict[int, tuple[int, int, int, int]] = {0: (0, 0, 0, 0)}
-    for code, lab in labels.items():
-        if code == 0:
-            continue
-        rgb = DOMINANT_COLOURS.get(lab, (120 + (37 * code) % 100,) * 3)
+    for code, rgb in dominant_colours(labels).items():
         out[int(code)] = (*rgb, 255)
     return out
 

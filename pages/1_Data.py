@@ -1,7 +1,6 @@
 """Data page: choose the dataset and see what was understood of it."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -212,22 +211,34 @@ def _page() -> None:
     elif src == "Upload individual files":
         _assemble_from_files()
     else:
-        root = os.environ.get("NPP_DATA_ROOT", "")
-        if not root:
+        base = C.data_root()
+        if base is None:
             st.info(
                 "Reading folders on the server is switched off. An administrator can allow it by starting the app "
-                "with the environment variable `NPP_DATA_ROOT` set to the folder that holds the datasets."
+                f"with the environment variable `{C.DATA_ROOT_ENV}` set to the folder that holds the datasets."
             )
         else:
-            base = Path(root).resolve()
-            choices = sorted(p.parent.name for p in base.glob("*/dataset.toml"))
+            def _allowed(name: str) -> bool:
+                try:
+                    C.resolve_data_folder(name, base)
+                except C.FolderAccessError:
+                    return False
+                return True
+
+            found = sorted(p.parent.relative_to(base).as_posix() for p in base.glob("*/dataset.toml"))
+            choices = [n for n in found if _allowed(n)]  # links leading out of the root are not listed
             if not choices:
-                st.warning(f"No dataset folders (with dataset.toml) under the configured data root.")
+                st.warning("No dataset folders (with dataset.toml) under the configured data root.")
             else:
                 pick = st.selectbox("Dataset folder", choices, key="server_folder")
-                if st.button("Load this folder"):
-                    ss.ds_path, ss.ds_origin = str(base / pick), "server"
-                    st.rerun()
+                if st.button("Load this folder", key="server_load"):
+                    try:
+                        folder = C.resolve_data_folder(pick, base)
+                    except C.FolderAccessError as exc:
+                        C.show_error(exc, "Pick one of the listed folders.")
+                    else:
+                        ss.ds_path, ss.ds_origin = str(folder), "server"
+                        st.rerun()
 
     st.divider()
 

@@ -50,8 +50,7 @@ def _page() -> None:
 
     def _reset() -> None:
         ss.params = P.defaults()
-        ss.extra = {}
-        for k in [k for k in ss.keys() if str(k).startswith(("p__", "casa_table", "ahp_"))]:
+        for k in [k for k in ss.keys() if str(k).startswith("p__")]:
             del ss[k]
         ss.params_msg = ("success", "All settings reset to the study defaults.")
 
@@ -71,7 +70,8 @@ def _page() -> None:
         (st.success if kind == "success" else st.error)(text)
 
     # ------------------------------------------------------------------ generic settings
-    SKIP = {("casa", "eps_max"), ("casa", "overrides")}
+    # edited in their own tables below (the per-class CASA table and the AHP judgements)
+    SKIP = {("casa", "eps_max"), ("casa", "overrides"), ("degradation", "ahp_override")}
 
 
     def _widget(sec: str, key: str, s: P.Setting, value):
@@ -166,55 +166,61 @@ def _page() -> None:
 
             _codes, classes, casa_type = ds.landcover()
             items = classes.items() if isinstance(classes, dict) else enumerate(classes, 1)
-            ov = ss.extra.get("casa_overrides", {})
+            ov = ss.params["casa"].get("overrides") or {}
             rows = []
             for code, name in items:
                 t = casa_type.get(name, "other") if isinstance(casa_type, dict) else "other"
-                eps = ss.params["casa"]["eps_max"].get(t, np.nan) * float(ss.params["casa"]["eps_scale"]) if t != "none" else np.nan
-                ndvi_max = casa.ZHU_TABLE.get(t, (np.nan, np.nan))[0]
-                o = ov.get(name, {})
+                veg = t != "none"
+                eps = ss.params["casa"]["eps_max"].get(t, np.nan) * float(ss.params["casa"]["eps_scale"]) if veg else np.nan
+                o = ov.get(str(name), {})
                 rows.append(
                     {
                         "code": int(code),
-                        "class": name,
+                        "class": str(name),
                         "CASA type": t,
                         "εmax": float(o.get("eps_max", eps)),
-                        "NDVImin": float(o.get("ndvi_min", casa.NDVI_MIN_ZHU if t != "none" else np.nan)),
-                        "NDVImax": float(o.get("ndvi_max", ndvi_max)),
+                        "NDVImin": float(o.get("ndvi_min", casa.NDVI_MIN_ZHU if veg else np.nan)),
+                        "NDVImax": float(o.get("ndvi_max", casa.ZHU_TABLE.get(t, (np.nan, np.nan))[0] if veg else np.nan)),
+                        "overridden": ", ".join(o) if o else "",
                     }
                 )
             base = pd.DataFrame(rows)
             st.caption(
-                "Values come from the CASA type (εmax table above, Zhu et al. 2007 NDVI range). Edit a cell to override "
-                "it for that class only. Non-vegetated classes (type 'none') have NPP = 0."
+                "Values come from the CASA type (εmax table above × eps_scale, Zhu et al. 2007 NDVI range"
+                + (" — with ndvi_range = percentile the NDVI range is computed from the data unless overridden" if
+                   ss.params["casa"]["ndvi_range"] == "percentile" else "")
+                + "). Edit a cell to override it for that class only (stored as casa.overrides, saved with the "
+                "settings; an overridden εmax is used as is, not multiplied by eps_scale). Non-vegetated classes "
+                "(type 'none') have NPP = 0."
             )
             edited = st.data_editor(
-                base, hide_index=True, disabled=["code", "class", "CASA type"], key="casa_table",
+                base, hide_index=True, disabled=["code", "class", "CASA type", "overridden"], key="p__casa_table",
                 column_config={
                     "εmax": st.column_config.NumberColumn("εmax [gC MJ⁻¹]", min_value=0.0, max_value=5.0, format="%.3f"),
                     "NDVImin": st.column_config.NumberColumn(min_value=-1.0, max_value=1.0, format="%.3f"),
                     "NDVImax": st.column_config.NumberColumn(min_value=-1.0, max_value=1.0, format="%.3f"),
                 },
             )
-            overrides: dict[str, dict[str, float]] = {}
-            for (_, b), (_, e) in zip(base.iterrows(), edited.iterrows()):
-                d = {}
-                for col, k in (("εmax", "eps_max"), ("NDVImin", "ndvi_min"), ("NDVImax", "ndvi_max")):
-                    if pd.notna(e[col]) and not (pd.notna(b[col]) and abs(float(e[col]) - float(b[col])) < 1e-12):
-                        d[k] = float(e[col])
-                if d:
-                    overrides[str(b["class"])] = {**ov.get(str(b["class"]), {}), **d}
-                elif str(b["class"]) in ov:
-                    overrides[str(b["class"])] = ov[str(b["class"])]
-            bad = [c for c, d in overrides.items() if "ndvi_min" in d or "ndvi_max" in d
-                   if d.get("ndvi_min", -1) >= d.get("ndvi_max", 2)]
-            if bad:
-                st.error(f"NDVImin must be below NDVImax for: {', '.join(bad)}. These overrides are not used.")
-                overrides = {c: d for c, d in overrides.items() if c not in bad}
+            overrides, ignored = C.casa_overrides_from_table(
+                base.to_dict("records"), edited.to_dict("records"), ov
+            )
+            for m in ignored:
+                st.error(f"Override not used — {m}.")
             if overrides != ov:
-                ss.extra["casa_overrides"] = overrides
-            if overrides:
-                st.caption("Overridden classes: " + ", ".join(sorted(overrides)))
+                try:
+                    ss.params = P.validate({**ss.params, "casa": {**ss.params["casa"], "overrides": overrides}})
+                except P.ParamsError as exc:
+                    C.show_error(exc, "Correct the cell; the previous overrides stay in use.")
+                else:
+                    st.rerun()
+            if ov:
+                def _clear_overrides() -> None:
+                    ss.params = P.validate({**ss.params, "casa": {**ss.params["casa"], "overrides": {}}})
+                    ss.pop("p__casa_table", None)
+
+                c1, c2 = st.columns([3, 1])
+                c1.caption("Overridden classes: " + ", ".join(f"{c} ({', '.join(v)})" for c, v in sorted(ov.items())))
+                c2.button("Clear class overrides", on_click=_clear_overrides, key="casa_clear_overrides")
         except Exception as exc:
             C.show_error(f"The land-cover classes could not be read: {exc}")
 
@@ -231,45 +237,74 @@ def _page() -> None:
         st.info(msg)
     else:
         try:
-            deg = ds.degradation()
+            ld_ready = ds.ld_raster() is not None if hasattr(ds, "ld_raster") else False
+            deg = None if ld_ready else ds.degradation()
         except Exception as exc:
             deg = None
             C.show_error(f"The degradation inputs could not be read: {exc}")
         if not deg or deg.get("ahp_matrix") is None:
             st.info("This dataset has no AHP matrix (it supplies a ready LD raster or no degradation indicators).")
         else:
-            names = list(deg["ahp_names"])
-            mat = np.asarray(ss.extra.get("ahp_matrix", deg["ahp_matrix"]), dtype=float)
+            names = [str(n) for n in deg["ahp_names"]]
+            given = np.asarray(deg["ahp_matrix"], dtype=float)
+            cur = ss.params["degradation"].get("ahp_override") or {}
+
+            def _use_dataset_matrix() -> None:
+                ss.params = P.validate({**ss.params, "degradation": {**ss.params["degradation"], "ahp_override": {}}})
+                for k in [k for k in ss.keys() if str(k).startswith("p__ahp__")]:
+                    del ss[k]
+
+            start = given
+            if cur:
+                if list(cur["names"]) == names:
+                    start = np.asarray(cur["matrix"], dtype=float)
+                else:
+                    st.warning(
+                        "The loaded settings hold an AHP matrix for other indicators ("
+                        + ", ".join(cur["names"]) + "), not this dataset's (" + ", ".join(names) + "). "
+                        "The run would fail on it."
+                    )
+                    st.button("Use this dataset's matrix", on_click=_use_dataset_matrix, key="ahp_discard")
             st.caption(
-                "Edit the upper triangle (how much more the row indicator matters than the column one, Saaty 1–9; "
-                "use fractions like 1/3 as 0.333). The lower triangle is filled with reciprocals."
+                "How much more does the row indicator degrade land than the column one? Saaty scale: 1 equal, "
+                "3 moderately, 5 strongly, 7 very strongly, 9 extremely more; below 1 when the second matters more "
+                "(1/3 = 0.333). Edits are stored in the settings (degradation.ahp_override) and used by the next run."
             )
-            df = pd.DataFrame(mat, index=names, columns=names)
-            ed = st.data_editor(df, key="ahp_editor", width="stretch")
-            m = ed.to_numpy(dtype=float)
             n = len(names)
-            fixed = np.ones((n, n))
-            for i in range(n):
-                for j in range(i + 1, n):
-                    v = m[i, j] if np.isfinite(m[i, j]) and m[i, j] > 0 else mat[i, j]
-                    fixed[i, j], fixed[j, i] = v, 1.0 / v
+            pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+            cols = st.columns(3)
+            upper: dict[tuple[int, int], float] = {}
+            for k, (i, j) in enumerate(pairs):
+                wkey = f"p__ahp__{i}__{j}"
+                if wkey not in ss:
+                    ss[wkey] = float(start[i, j])
+                v0 = float(start[i, j])  # widen the Saaty range for a file that goes beyond it
+                upper[(i, j)] = cols[k % 3].number_input(
+                    f"{names[i]} vs {names[j]}", min_value=min(0.1, v0), max_value=max(9.0, v0), step=1.0,
+                    format="%.3f", key=wkey,
+                )
+            fixed = C.ahp_from_judgements(names, upper, start)
             try:
                 w, cr = ahp.weights(fixed)
+            except ValueError as exc:
+                C.show_error(exc, "Enter positive numbers.")
+            else:
                 cA, cB = st.columns([2, 1])
                 cA.bar_chart(pd.Series(w, index=names, name="weight"))
                 cB.metric("Consistency ratio", f"{cr:.3f}", delta="consistent" if cr < 0.1 else "inconsistent (≥ 0.10)",
                           delta_color="normal" if cr < 0.1 else "inverse")
-                if cr >= 0.1:
-                    st.warning("CR ≥ 0.10: revise the judgements, or allow it with degradation.accept_inconsistent.")
-                if not np.allclose(fixed, np.asarray(deg["ahp_matrix"], dtype=float)):
-                    ss.extra["ahp_matrix"] = fixed.tolist()
-                    ss.extra["ahp_names"] = names
-                    if "ahp_matrix" not in P.SCHEMA.get("degradation", {}):
-                        st.caption("Note: this version's run still uses the dataset's AHP matrix; edits show their effect here.")
-                else:
-                    ss.extra.pop("ahp_matrix", None)
-            except ValueError as exc:
-                C.show_error(exc, "Enter positive numbers.")
+                with cB.expander("Full matrix"):
+                    st.dataframe(pd.DataFrame(fixed, index=names, columns=names).round(3), width="stretch")
+                if cr >= 0.1 and not ss.params["degradation"]["accept_inconsistent"]:
+                    st.warning("CR ≥ 0.10: the run will stop at the drivers stage. Revise the judgements, or allow it "
+                               "with degradation.accept_inconsistent (Land degradation tab above).")
+                want = {} if np.allclose(fixed, given, rtol=1e-9, atol=1e-12) else {"names": names, "matrix": fixed.tolist()}
+                if want != cur and (cur == {} or list(cur.get("names", [])) == names):
+                    ss.params = P.validate({**ss.params, "degradation": {**ss.params["degradation"], "ahp_override": want}})
+                    st.rerun()
+                if want:
+                    cB.button("Use the dataset's matrix", on_click=_use_dataset_matrix, key="ahp_reset")
+                    cA.caption("Weights from your edited matrix (the dataset's file is unchanged).")
 
     # ------------------------------------------------------------------ variograms
     st.divider()

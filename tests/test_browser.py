@@ -201,8 +201,14 @@ def test_every_page_offline(server, page):
     pg.screenshot(path=str(SHOTS / "4_explore_charts.png"), full_page=True)
 
     _goto(pg, server, "Sensitivity")
-    assert pg.get_by_text(re.compile("not available yet")).count() >= 1
+    pg.get_by_text("What to explore").first.wait_for()
     pg.screenshot(path=str(SHOTS / "5_sensitivity.png"), full_page=True)
+    pg.get_by_text("Dominance threshold (instant)", exact=True).click()
+    _idle(pg)
+    pg.get_by_text(re.compile(r"Reference: the current threshold")).first.wait_for()
+    pg.locator(".js-plotly-plot").first.wait_for()
+    pg.wait_for_timeout(800)
+    pg.screenshot(path=str(SHOTS / "5_sensitivity_threshold.png"), full_page=True)
 
     _goto(pg, server, "Export")
     pg.get_by_text(re.compile(r"Report \(offline HTML\)")).wait_for()
