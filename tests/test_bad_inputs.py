@@ -384,7 +384,7 @@ CASES = {
     "all_nodata": (_all_nodata, ["ld/slope_change.tif", "no valid pixel", "nodata value"], 1),
     "inf_values": (_inf, ["climate/prec_12.tif", "infinite", "nodata"], 0),
     "negative_precipitation": (_negative, ["climate/prec_12.tif", "negative precipitation", "min -50 mm",
-                                                 "CASA stage refuses", "cannot be negative"], 0),
+                                                 "CASA cannot use negative totals", "cannot be negative"], 1),
     "ndvi_as_integers": (_ndvi_int, ["ndvi_series.tif", "outside [-1, 1]", "scale = 0.0001"], 1),
     "kelvin_as_celsius": (_kelvin, ["climate/tmean_12.tif", "kelvin", 'units = "K"'], 1),
     "unknown_units": (_bad_units, ["climate/srad_12.tif", "watts", "W m-2", "Set units"], 1),

@@ -1,0 +1,935 @@
+"""Chunked execution of the per-pixel and windowed stages (Dask arrays, windowed GeoTIFF I/O).
+
+Design note
+-----------
+The science lives in the numpy kernels of :mod:`npp_core.lcc`, :mod:`npp_core.casa`,
+:mod:`npp_core.forest` and :mod:`npp_core.kriging`; this module only cuts rasters into blocks,
+runs those kernels per block and writes the blocks out. Every function returns lazy
+``dask.array`` results with the same numbers as the in-memory call (to floating-point
+rounding, whatever the chunk size):
+
+* **LCC** – ``dask.array.map_overlap`` with ``depth = window // 2`` and
+  ``boundary="none"``: interior block edges carry a halo of real pixels, true raster edges
+  none, and :func:`npp_core.lcc.local_correlation` truncates its windows at the edges of the
+  array it is given, which are then exactly the raster edges. The global centring/scaling
+  (:class:`~npp_core.lcc.GlobalStats`) is computed once over the whole raster and passed to
+  every block. Numerics: the kernel's running sums restart at block-relative rows/columns, so
+  blocks differ from the whole raster by rounding only — but rounding amplified by the window's
+  conditioning: ~1e-15 in r for ordinary windows, up to ~1e-7 in windows where a variable is
+  almost constant (e.g. a smooth kriged surface over 5 × 5 pixels), which is also the accuracy
+  of the in-memory value there.
+* **CASA** – spatial blocks only (a pixel needs all its months for Topt and the heat
+  index); the month axis is one chunk.
+* **Forest prediction** – the fitted forest is flattened once
+  (:func:`npp_core.forest.flatten_forest`), shipped once (one graph key locally,
+  ``client.scatter(broadcast=True)`` on a cluster) and evaluated per block on the valid pixels.
+* **Kriging** (all-samples fast path) – the inverse kriging matrix is computed once on the
+  driver; each block is one matrix product. With ``n_closest > 0`` each block calls
+  :func:`npp_core.kriging.krige_grid` (PyKrige, holds the GIL: prefer worker processes).
+* **Writing** – :func:`write_blocks` / :func:`write_many` create a tiled deflate GeoTIFF and
+  write it window by window (under a lock, in the calling process), optionally converting to
+  a COG afterwards with ``rasterio.shutil.copy(driver="COG")``. No full-size array is ever
+  materialised; output is float32 (or the dtype asked for).
+
+Threads or processes: without a ``client`` the local threaded scheduler runs blocks (numba,
+BLAS and tree prediction release the GIL); each block kernel then uses one numba thread so two
+blocks do not oversubscribe the cores. With a ``dask.distributed.Client`` the same graphs run
+on its workers; results stream back to this process, which writes them.
+
+Out of scope: ESTARFM fusion blocks (the fusion module owns its own tiling), sampling and
+model fitting (they stay on the driver).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+import rasterio
+
+from .raster import Grid, _looks_like_date, atomic_path, open_checked
+
+__all__ = [
+    "ChunkedError",
+    "Block",
+    "choose_mode",
+    "plan_blocks",
+    "open_dask",
+    "as_dask",
+    "lcc_chunked",
+    "global_stats_chunked",
+    "casa_chunked",
+    "predict_chunked",
+    "krige_chunked",
+    "write_blocks",
+    "write_many",
+]
+
+#: Bytes per pixel and layer assumed by :func:`choose_mode` (float64 working copies and
+#: intermediates: a stage holds about three float64 copies of its inputs at once).
+BYTES_PER_VALUE = 8 * 3
+
+ProgressFn = Callable[[float, str], None]
+
+
+class ChunkedError(ValueError):
+    """Bad input to a chunked operation, with a message naming the input and the fix."""
+
+
+# --------------------------------------------------------------------------- mode and blocks
+def choose_mode(shape: tuple[int, int], n_layers: int, params: Mapping[str, Any]) -> tuple[str, str]:
+    """Pick in-memory or chunked execution from the grid size and the memory budget.
+
+    Parameters
+    ----------
+    shape : (rows, cols)
+        Reference grid shape.
+    n_layers : int
+        Largest number of full-size layers a stage holds (e.g. 4 × months for CASA).
+    params : mapping
+        The full settings (with a ``"run"`` section) or the ``run`` section itself:
+        ``mode`` ("auto" | "memory" | "chunked") and ``memory_gb``.
+
+    Returns
+    -------
+    mode : {"memory", "chunked"}
+    reason : str
+        One sentence for logs and the summary.
+    """
+    run = params.get("run", params)
+    mode = str(run.get("mode", "auto"))
+    if mode not in ("auto", "memory", "chunked"):
+        raise ChunkedError(f"run.mode={mode!r}: must be one of auto, memory, chunked.")
+    rows, cols = (int(shape[0]), int(shape[1]))
+    if rows <= 0 or cols <= 0 or int(n_layers) <= 0:
+        raise ChunkedError(f"shape={shape!r}, n_layers={n_layers!r}: need positive sizes.")
+    need_gb = rows * cols * int(n_layers) * BYTES_PER_VALUE / 1e9
+    budget = float(run.get("memory_gb", 4.0))
+    if mode != "auto":
+        return mode, f"run.mode = {mode} (forced); estimated in-memory need {need_gb:.2f} GB"
+    if need_gb <= budget:
+        return "memory", f"estimated {need_gb:.2f} GB fits the {budget:g} GB budget (run.memory_gb)"
+    return "chunked", f"estimated {need_gb:.2f} GB exceeds the {budget:g} GB budget (run.memory_gb)"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a raster: its core window and the halo-extended window to read.
+
+    Attributes
+    ----------
+    row0, row1, col0, col1 : int
+        Core window (half-open) in raster pixels; cores tile the raster exactly.
+    rrow0, rrow1, rcol0, rcol1 : int
+        Read window = core + halo, clipped to the raster.
+    """
+
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    rrow0: int
+    rrow1: int
+    rcol0: int
+    rcol1: int
+
+    @property
+    def core(self) -> tuple[slice, slice]:
+        """Slices of the core in raster coordinates."""
+        return slice(self.row0, self.row1), slice(self.col0, self.col1)
+
+    @property
+    def read(self) -> tuple[slice, slice]:
+        """Slices of the read window in raster coordinates."""
+        return slice(self.rrow0, self.rrow1), slice(self.rcol0, self.rcol1)
+
+    @property
+    def inner(self) -> tuple[slice, slice]:
+        """Slices of the core inside the read window (crop a halo block result with these)."""
+        return (slice(self.row0 - self.rrow0, self.row1 - self.rrow0),
+                slice(self.col0 - self.rcol0, self.col1 - self.rcol0))
+
+
+def plan_blocks(shape: tuple[int, int], chunk: int | tuple[int, int], halo: int = 0) -> list[Block]:
+    """Cut a raster into blocks with halos (row-major order).
+
+    Parameters
+    ----------
+    shape : (rows, cols)
+    chunk : int or (int, int)
+        Core block side(s) in pixels.
+    halo : int
+        Extra pixels read on each side (``window // 2`` for windowed statistics);
+        clipped at the raster edges, never padded.
+
+    Returns
+    -------
+    list of Block
+    """
+    ch = (chunk, chunk) if np.isscalar(chunk) else tuple(chunk)
+    if min(ch) < 1 or halo < 0:
+        raise ChunkedError(f"chunk={chunk!r}, halo={halo!r}: chunk must be ≥ 1 and halo ≥ 0.")
+    rows, cols = shape
+    out = []
+    for r0 in range(0, rows, int(ch[0])):
+        r1 = min(rows, r0 + int(ch[0]))
+        for c0 in range(0, cols, int(ch[1])):
+            c1 = min(cols, c0 + int(ch[1]))
+            out.append(Block(r0, r1, c0, c1, max(0, r0 - halo), min(rows, r1 + halo),
+                             max(0, c0 - halo), min(cols, c1 + halo)))
+    return out
+
+
+@contextmanager
+def _numba_threads(n: int | None) -> Iterator[None]:
+    """Limit numba's (thread-local) thread count inside one block task."""
+    if not n:
+        yield
+        return
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- reading
+class _WindowReader:
+    """Array-like view of a GeoTIFF whose slicing is a windowed read (float64, NaN = nodata).
+
+    Picklable (holds only the path), so Dask workers in other processes can read too.
+    """
+
+    def __init__(self, path: str, bands: list[int], shape: tuple[int, int, int], nodata: float | None):
+        self.path = path
+        self.bands = bands
+        self.shape = shape
+        self.ndim = 3
+        self.dtype = np.dtype(np.float64)
+        self.nodata = nodata
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        sl, squeeze = [], []
+        for ax, k in enumerate(key):
+            if isinstance(k, (int, np.integer)):
+                i = int(k) + (self.shape[ax] if k < 0 else 0)
+                sl.append(slice(i, i + 1))
+                squeeze.append(ax)
+            elif isinstance(k, slice):
+                sl.append(k)
+            else:  # lists / arrays: read the whole axis, index in memory
+                return self._fancy(key)
+        kb, kr, kc = sl
+        b0, b1, bs = kb.indices(self.shape[0])
+        r0, r1, rs = kr.indices(self.shape[1])
+        c0, c1, cs = kc.indices(self.shape[2])
+        bands = self.bands[b0:b1:bs]
+        if not bands or r1 <= r0 or c1 <= c0:
+            a = np.empty((len(bands), max(0, len(range(r0, r1, rs))), max(0, len(range(c0, c1, cs)))))
+        else:
+            win = rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)
+            with rasterio.open(self.path) as ds:
+                a = ds.read(bands, window=win).astype(np.float64)
+                if self.nodata is not None and not np.isnan(self.nodata):
+                    a[a == self.nodata] = np.nan
+                for k, b in enumerate(bands):
+                    flags = ds.mask_flag_enums[b - 1]
+                    if any(f.name in ("per_dataset", "alpha") for f in flags):
+                        a[k][ds.read_masks(b, window=win) == 0] = np.nan
+            a = a[:, ::rs, ::cs]
+        return a.squeeze(axis=tuple(squeeze)) if squeeze else a
+
+    def _fancy(self, key: tuple) -> np.ndarray:
+        """Fancy indexing: read the whole extent of the indexed axes, then index in memory."""
+        full = self[tuple(k if isinstance(k, slice) else slice(None) for k in key)]
+        return full[tuple(slice(None) if isinstance(k, slice) else k for k in key)]
+
+
+def open_dask(
+    path: Path | str,
+    chunk: int | tuple[int, int] = 1024,
+    *,
+    bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+) -> tuple[da.Array, Grid, list[str | None]]:
+    """Open a GeoTIFF as a lazy Dask array read window by window.
+
+    Parameters
+    ----------
+    path : path-like
+    chunk : int or (int, int)
+        Spatial block side(s); every band of a block is read together.
+    bands : sequence of int, optional
+        1-based band indexes; default all.
+    nodata : float, optional
+        Overrides the file's nodata value.
+
+    Returns
+    -------
+    data : dask.array, shape (bands, rows, cols), float64
+        NaN where the file has nodata (same values as :func:`npp_core.raster.read_raster`).
+    grid : Grid
+    dates : list of str or None
+        Per band, the ``DATE`` tag or description.
+    """
+    with open_checked(path) as ds:
+        idx = list(bands) if bands is not None else list(range(1, ds.count + 1))
+        nd = nodata if nodata is not None else ds.nodata
+        grid = Grid.from_dataset(ds)
+        dates = [ds.tags(b).get("DATE") or ds.descriptions[b - 1] or None for b in idx]
+    ch = (chunk, chunk) if np.isscalar(chunk) else tuple(chunk)
+    full = str(Path(path).resolve())
+    reader = _WindowReader(full, idx, (len(idx), grid.height, grid.width), nd)
+    token = dask.base.tokenize(full, os.stat(full).st_mtime_ns, idx, nd, ch)
+    arr = da.from_array(reader, chunks=(-1, int(ch[0]), int(ch[1])), lock=False, asarray=True,
+                        meta=np.empty((0, 0, 0), dtype=np.float64), name=f"read-{Path(path).stem}-{token}")
+    return arr, grid, dates
+
+
+def as_dask(a: Any, chunk: int | tuple[int, int]) -> da.Array:
+    """A numpy or Dask array chunked spatially (last two axes) with the leading axes whole.
+
+    Parameters
+    ----------
+    a : ndarray or dask.array, shape (..., rows, cols)
+    chunk : int or (int, int)
+        Block side(s) of the last two axes.
+
+    Returns
+    -------
+    dask.array
+        Same shape and dtype.
+    """
+    ch = (chunk, chunk) if np.isscalar(chunk) else tuple(chunk)
+    if isinstance(a, da.Array):
+        x = a
+    else:
+        x = da.from_array(np.asarray(a), chunks=-1)
+    chunks = (-1,) * (x.ndim - 2) + (int(ch[0]), int(ch[1]))
+    return x.rechunk(chunks)
+
+
+# --------------------------------------------------------------------------- LCC
+def global_stats_chunked(x: Any, y: Any, mask: Any = None) -> Any:
+    """:func:`npp_core.lcc.global_stats` computed blockwise (two passes: means, then centred sums of squares).
+
+    Parameters
+    ----------
+    x, y : ndarray or dask.array, shape (rows, cols)
+    mask : bool array, shape (rows, cols), optional
+
+    Returns
+    -------
+    npp_core.lcc.GlobalStats
+    """
+    from .lcc import GlobalStats
+
+    x = da.asarray(x).astype(np.float64)
+    y = da.asarray(y).astype(np.float64)
+    v = da.isfinite(x) & da.isfinite(y)
+    if mask is not None:
+        v = v & da.asarray(mask).astype(bool)
+    xv = da.where(v, x, 0.0)
+    yv = da.where(v, y, 0.0)
+    n, sx, sy = dask.compute(v.sum(dtype=np.float64), xv.sum(), yv.sum())
+    if n == 0:
+        return GlobalStats(math.nan, math.nan, math.nan, math.nan)
+    mx, my = float(sx / n), float(sy / n)
+    vx, vy = dask.compute((da.where(v, x - mx, 0.0) ** 2).sum(), (da.where(v, y - my, 0.0) ** 2).sum())
+    return GlobalStats(mx, my, float(np.sqrt(vx / n)), float(np.sqrt(vy / n)))
+
+
+def _with_chunks(a: Any, chunks: tuple[tuple[int, ...], ...]) -> da.Array:
+    if isinstance(a, da.Array):
+        return a.rechunk(chunks)
+    return da.from_array(np.asarray(a), chunks=chunks)
+
+
+def _split(n: int, size: int, minimum: int) -> tuple[int, ...]:
+    """Chunk sizes along one axis: ``size`` each, no chunk below ``minimum`` (a short tail joins its neighbour)."""
+    size = max(size, minimum, 1)
+    sizes = [size] * (n // size)
+    rest = n - size * len(sizes)
+    if rest:
+        if sizes and rest < minimum:
+            sizes[-1] += rest
+        else:
+            sizes.append(rest)
+    return tuple(sizes) or (n,)
+
+
+def _lcc_block(xb: np.ndarray, yb: np.ndarray, mb: np.ndarray, *, halo: int, window: int, min_valid: int,
+               stats: Any, rtol: float, threads: int | None, block_info: dict | None = None) -> np.ndarray:
+    from .lcc import local_correlation
+
+    with _numba_threads(threads):
+        r, p, n = local_correlation(xb, yb, window, min_valid, mask=mb, stats=stats, rtol=rtol)
+    out = np.stack([r, p, n.astype(np.float64)])
+    # map_overlap(trim=False): the block carries a halo only on sides facing another block
+    info = block_info[0]
+    (li, lj), (ni, nj) = info["chunk-location"], info["num-chunks"]
+    top = halo if li > 0 else 0
+    bottom = xb.shape[0] - (halo if li < ni - 1 else 0)
+    left = halo if lj > 0 else 0
+    right = xb.shape[1] - (halo if lj < nj - 1 else 0)
+    return out[:, top:bottom, left:right]
+
+
+def lcc_chunked(
+    x: Any,
+    y: Any,
+    window: int,
+    min_valid: int = 3,
+    chunk: int | tuple[int, int] = 1024,
+    *,
+    mask: Any = None,
+    stats: Any = None,
+    rtol: float = 1e-10,
+    threads: int | None = 1,
+) -> da.Array:
+    """Local correlation (:func:`npp_core.lcc.local_correlation`) block by block with halos.
+
+    Parameters
+    ----------
+    x, y : ndarray or dask.array, shape (rows, cols)
+        Co-registered rasters (NaN = nodata).
+    window : int
+        Odd window side (≥ 3); the halo is ``window // 2``.
+    min_valid : int
+        Fewest valid pairs for a defined r.
+    chunk : int or (int, int)
+        Core block side(s), at least ``window // 2`` (the halo); a last block shorter than
+        the halo joins its neighbour.
+    mask : bool array, shape (rows, cols), optional
+        Study area.
+    stats : GlobalStats, optional
+        Global centring/scaling; default computed blockwise over the whole raster
+        (:func:`global_stats_chunked`), so every block uses the same values.
+    rtol : float
+        See :func:`npp_core.lcc.local_correlation`.
+    threads : int or None
+        numba threads per block (1: blocks run in parallel instead; None: numba's default).
+
+    Returns
+    -------
+    dask.array, shape (3, rows, cols), float64
+        Band 0 r, band 1 p, band 2 valid-pair count n — the in-memory result stacked.
+    """
+    from .lcc import LCCError
+
+    if isinstance(window, bool) or int(window) != window or window < 3 or window % 2 == 0:
+        raise LCCError(f"window={window!r}: must be an odd integer ≥ 3 (e.g. 5); set lcc.window.")
+    depth = int(window) // 2
+    shape = tuple(np.shape(x))
+    if len(shape) != 2 or shape != tuple(np.shape(y)):
+        raise LCCError(f"x, y: need two 2-D rasters of the same shape; got {np.shape(x)} and {np.shape(y)}.")
+    if mask is not None and tuple(np.shape(mask)) != shape:
+        raise LCCError(f"mask: shape {np.shape(mask)} differs from x {shape}.")
+    ch = (chunk, chunk) if np.isscalar(chunk) else tuple(chunk)
+    chunks = (_split(shape[0], int(ch[0]), depth), _split(shape[1], int(ch[1]), depth))
+    xd = _with_chunks(x, chunks).astype(np.float64)
+    yd = _with_chunks(y, chunks).astype(np.float64)
+    md = da.ones(shape, dtype=bool, chunks=chunks) if mask is None else _with_chunks(mask, chunks).astype(bool)
+    if stats is None:
+        stats = global_stats_chunked(xd, yd, md)
+    return da.map_overlap(
+        _lcc_block, xd, yd, md,
+        depth={0: depth, 1: depth}, boundary="none", trim=False, align_arrays=False, allow_rechunk=False,
+        new_axis=0, chunks=((3,),) + xd.chunks, dtype=np.float64, meta=np.empty((0, 0, 0), dtype=np.float64),
+        halo=depth, window=int(window), min_valid=min_valid, stats=stats, rtol=rtol, threads=threads,
+    )
+
+
+# --------------------------------------------------------------------------- CASA
+def _casa_block(ndvi: np.ndarray, t: np.ndarray, p: np.ndarray, s: np.ndarray, *params: np.ndarray,
+                names: tuple[str, ...], kwargs: dict[str, Any]) -> np.ndarray:
+    from .casa import npp_monthly
+
+    kw = dict(kwargs)
+    kw.update({n: v for n, v in zip(names, params)})
+    return npp_monthly(ndvi, t, p, s, kw.pop("eps_max"), kw.pop("ndvi_min"), kw.pop("ndvi_max"),
+                       threads=1, **kw)
+
+
+def casa_chunked(
+    ndvi: Any,
+    temperature: Any,
+    precipitation: Any,
+    solar: Any,
+    eps_max: float | Any,
+    ndvi_min: float | Any,
+    ndvi_max: float | Any,
+    *,
+    chunk: int | tuple[int, int] = 1024,
+    **casa_kwargs: Any,
+) -> da.Array:
+    """CASA monthly NPP (:func:`npp_core.casa.npp_monthly`) per spatial block.
+
+    Parameters
+    ----------
+    ndvi, temperature, precipitation, solar : ndarray or dask.array, shape (months, rows, cols)
+        As for :func:`npp_core.casa.npp_monthly` (NDVI fraction, °C, mm month⁻¹,
+        MJ m⁻² month⁻¹); rechunked to whole months × ``chunk`` pixels.
+    eps_max, ndvi_min, ndvi_max : float or array, shape (rows, cols)
+        Class parameters (gC MJ⁻¹; NDVI), e.g. from :func:`npp_core.casa.class_parameters`.
+    chunk : int or (int, int)
+        Spatial block side(s).
+    **casa_kwargs
+        Any other keyword of :func:`npp_core.casa.npp_monthly` (``halving``, ``pet_zero``,
+        ``sr_min`` / ``sr_max`` as floats or (rows, cols) arrays, ``months``, …) except
+        ``return_layers``/``threads``.
+
+    Returns
+    -------
+    dask.array, shape (months, rows, cols), float64
+        gC m⁻² month⁻¹, equal to the in-memory call.
+    """
+    from .casa import CasaError
+
+    if casa_kwargs.get("return_layers"):
+        raise CasaError("return_layers: not available chunked; run npp_monthly in memory on a window instead.")
+    casa_kwargs.pop("threads", None)
+    cubes = [as_dask(a, chunk).astype(np.float64) if not (isinstance(a, np.ndarray) and a.dtype == np.float32)
+             else as_dask(a, chunk) for a in (ndvi, temperature, precipitation, solar)]
+    shape = cubes[0].shape
+    if len(shape) != 3 or any(c.shape != shape for c in cubes):
+        raise CasaError(
+            "ndvi, temperature, precipitation, solar: need (months, rows, cols) cubes of one shape; got "
+            + ", ".join(str(c.shape) for c in cubes) + "."
+        )
+    cubes = [c.rechunk(cubes[0].chunks) for c in cubes]
+    names: list[str] = []
+    planes: list[da.Array] = []
+    scalars: dict[str, Any] = {}
+    for name, v in [("eps_max", eps_max), ("ndvi_min", ndvi_min), ("ndvi_max", ndvi_max),
+                    *[(k, casa_kwargs.pop(k)) for k in ("sr_min", "sr_max") if k in casa_kwargs]]:
+        if v is not None and (isinstance(v, da.Array) or np.ndim(v) == 2):
+            if tuple(np.shape(v)) != shape[1:]:
+                raise CasaError(f"{name}: shape {np.shape(v)} differs from the grid {shape[1:]}; align it first.")
+            names.append(name)
+            planes.append(as_dask(v, chunk).astype(np.float64).rechunk(cubes[0].chunks[1:]))
+        else:
+            scalars[name] = v
+    kwargs = {**casa_kwargs, **scalars}
+    args: list[Any] = []
+    for c in cubes:
+        args += [c, "myx"]
+    for pl in planes:
+        args += [pl, "yx"]
+    return da.blockwise(
+        _casa_block, "myx", *args, dtype=np.float64, concatenate=True,
+        meta=np.empty((0, 0, 0), dtype=np.float64), names=tuple(names), kwargs=kwargs,
+    )
+
+
+# --------------------------------------------------------------------------- forest prediction
+def _predict_block(stack: np.ndarray, flat: Any, threads: int | None) -> np.ndarray:
+    from .forest import predict_forest
+
+    p, r, c = stack.shape
+    X = stack.reshape(p, -1).T
+    ok = np.isfinite(X).all(axis=1)
+    out = np.full(r * c, np.nan)
+    if ok.any():
+        with _numba_threads(threads):
+            out[ok] = predict_forest(flat, X[ok])
+    return out.reshape(r, c)
+
+
+def predict_chunked(
+    model: Any,
+    stack: Any,
+    *,
+    chunk: int | tuple[int, int] = 1024,
+    client: Any = None,
+    threads: int | None = 1,
+) -> da.Array:
+    """Random-forest prediction per block, with the model shipped to the workers once.
+
+    Parameters
+    ----------
+    model : RandomForestRegressor or FlatForest
+        Fitted single-output forest (flattened here once if needed).
+    stack : ndarray or dask.array, shape (p, rows, cols)
+        Drivers in the fitting column order; chunked ``{band: -1, y: chunk, x: chunk}``.
+    chunk : int or (int, int)
+        Spatial block side(s).
+    client : dask.distributed.Client, optional
+        When given, the flattened forest is ``client.scatter(..., broadcast=True)`` once and
+        every block task refers to that future; compute the result on the same client.
+    threads : int or None
+        numba threads per block (1: blocks run in parallel instead).
+
+    Returns
+    -------
+    dask.array, shape (rows, cols), float64
+        Prediction in target units; NaN where any driver is non-finite.
+    """
+    from .forest import ForestError, FlatForest, flatten_forest
+
+    flat = model if isinstance(model, FlatForest) else flatten_forest(model)
+    sd = as_dask(stack, chunk)
+    if sd.ndim != 3 or sd.shape[0] != flat.n_features:
+        raise ForestError(
+            f"stack: shape {sd.shape}; expected ({flat.n_features}, rows, cols) with the bands in the order "
+            "the forest was fitted on."
+        )
+    if client is not None:
+        handle = client.scatter(flat, broadcast=True, hash=True)
+    else:
+        handle = dask.delayed(flat, pure=True, traverse=False)
+    return da.map_blocks(_predict_block, sd, handle, threads, drop_axis=0, dtype=np.float64,
+                         meta=np.empty((0, 0), dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- kriging
+def _krige_block(block: np.ndarray, gx: np.ndarray, gy: np.ndarray, sx: np.ndarray, sy: np.ndarray,
+                 z: np.ndarray, B: Any, variogram: dict[str, Any], n_closest: int, x0: float, y0: float,
+                 block_info: dict | None = None) -> np.ndarray:
+    from . import kriging
+
+    (r0, r1), (c0, c1) = block_info[0]["array-location"]
+    sel = block.astype(bool)
+    out = np.full((2, r1 - r0, c1 - c0), np.nan)
+    if not sel.any():
+        return out
+    if B is None:  # moving-window path: PyKrige per block
+        p, v = kriging.krige_grid(sx + x0, sy + y0, z, gx[c0:c1], gy[r0:r1], variogram, n_closest=n_closest,
+                                  mask=sel)
+        out[0], out[1] = p, v
+        return out
+    yy, xx = np.meshgrid(gy[r0:r1], gx[c0:c1], indexing="ij")
+    p, v = kriging._krige_fast(sx, sy, z, B, variogram, xx[sel] - x0, yy[sel] - y0,
+                               kriging._auto_chunk(sx.size))
+    out[0][sel] = p
+    out[1][sel] = v
+    return out
+
+
+def krige_chunked(
+    x: Any,
+    y: Any,
+    z: Any,
+    variogram: dict[str, Any],
+    grid: Grid,
+    *,
+    chunk: int | tuple[int, int] = 1024,
+    mask: Any = None,
+    n_closest: int = 0,
+    client: Any = None,
+) -> da.Array:
+    """Ordinary kriging onto a grid block by block (same numbers as :func:`npp_core.kriging.krige_grid`).
+
+    Parameters
+    ----------
+    x, y, z : array_like, shape (n,)
+        Clean, unique samples in the grid CRS (m) and values (after
+        :func:`npp_core.kriging.prepare_samples`; on the log scale if kriging logs).
+    variogram : dict
+        Fitted variogram (``model``, ``nugget``, ``psill``, ``range``).
+    grid : Grid
+        Target grid (pixel centres are predicted).
+    chunk : int or (int, int)
+    mask : bool array, shape (rows, cols), optional
+        True where a prediction is wanted; elsewhere NaN at no cost.
+    n_closest : int
+        0 = all samples: the kriging-matrix inverse is computed once here and each block is one
+        matrix product; k > 0 = PyKrige moving window per block (holds the GIL: use processes).
+    client : dask.distributed.Client, optional
+        Scatter the samples and inverse to the workers once.
+
+    Returns
+    -------
+    dask.array, shape (2, rows, cols), float64
+        Band 0 prediction (property units), band 1 kriging variance (units²).
+    """
+    from . import kriging
+
+    x, y, z = kriging._check_xyz(x, y, z)
+    kriging._unpack(variogram)
+    gx, gy = grid.xy()
+    x0, y0 = float(x.mean()), float(y.mean())
+    k = int(n_closest or 0)
+    B = None if 0 < k < x.size else kriging.kriging_matrix_inverse(x, y, variogram)
+    m = da.ones(grid.shape, dtype=bool, chunks=chunk) if mask is None else as_dask(mask, chunk).astype(bool)
+    if m.shape != grid.shape:
+        raise kriging.KrigingError(f"mask has shape {m.shape}, the grid is {grid.shape} (rows, cols)")
+    shared = (gx, gy, x - x0, y - y0, z, B)
+    if client is not None:
+        shared = tuple(client.scatter(list(shared), broadcast=True, hash=True))
+    else:
+        shared = tuple(dask.delayed(a, pure=True, traverse=False) if isinstance(a, np.ndarray) else a
+                       for a in shared)
+    return da.map_blocks(_krige_block, m, *shared, variogram, k, x0, y0, new_axis=0,
+                         chunks=((2,),) + m.chunks, dtype=np.float64, meta=np.empty((0, 0, 0), dtype=np.float64))
+
+
+# --------------------------------------------------------------------------- writing
+def _profile(grid: Grid, count: int, dtype: np.dtype, nodata: Any, tile: int = 256) -> dict[str, Any]:
+    prof: dict[str, Any] = {
+        "driver": "GTiff", "width": grid.width, "height": grid.height, "count": count, "dtype": dtype.name,
+        "crs": grid.crs, "transform": grid.transform, "nodata": nodata, "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if grid.width >= tile and grid.height >= tile:
+        prof.update(tiled=True, blockxsize=tile, blockysize=tile)
+    if np.issubdtype(dtype, np.floating):
+        prof["predictor"] = 3 if dtype.itemsize >= 4 else 1
+    return prof
+
+
+def _to_store(block: np.ndarray, dtype: np.dtype, nodata: Any) -> np.ndarray:
+    if np.issubdtype(dtype, np.floating):
+        out = block.astype(dtype)
+        if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+            out[np.isnan(out)] = nodata
+        return out
+    bad = np.isnan(block) if np.issubdtype(block.dtype, np.floating) else np.zeros(block.shape, bool)
+    return np.where(bad, nodata if nodata is not None else 0, block).astype(dtype)
+
+
+class _Target:
+    """One open output file; ``write(r0, c0, block)`` writes a window under a lock."""
+
+    def __init__(self, tmp: Path, final: Path, grid: Grid, count: int, dtype: Any, nodata: Any,
+                 band_names: Sequence[str] | None, tags: Mapping[str, Any] | None, cog: bool):
+        self.tmp, self.final, self.cog = tmp, final, cog
+        self.dtype = np.dtype(dtype)
+        if np.issubdtype(self.dtype, np.floating):
+            self.nodata = np.nan if nodata is None else nodata
+        else:
+            self.nodata = nodata
+        self.ds = rasterio.open(tmp, "w", **_profile(grid, count, self.dtype, self.nodata))
+        self.lock = threading.Lock()
+        if tags:
+            self.ds.update_tags(**{k: str(v) for k, v in tags.items()})
+        for i, name in enumerate(band_names or []):
+            if name is not None and i < count:
+                self.ds.set_band_description(i + 1, str(name))
+                if _looks_like_date(str(name)):
+                    self.ds.update_tags(i + 1, DATE=str(name))
+
+    def write(self, r0: int, c0: int, block: np.ndarray) -> None:
+        b = block if block.ndim == 3 else block[None]
+        data = _to_store(b, self.dtype, self.nodata)
+        win = rasterio.windows.Window(c0, r0, b.shape[2], b.shape[1])
+        with self.lock:
+            self.ds.write(data, window=win)
+
+    def finish(self) -> Path:
+        self.ds.close()
+        if self.cog:
+            from rasterio.shutil import copy as rio_copy
+
+            cog_tmp = self.tmp.with_name(self.tmp.stem + ".cog.tif")
+            try:
+                rio_copy(self.tmp, cog_tmp, driver="COG", compress="DEFLATE", BIGTIFF="IF_SAFER")
+            finally:
+                self.tmp.unlink(missing_ok=True)
+            os.replace(cog_tmp, self.final)
+        else:
+            os.replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        try:
+            self.ds.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _collect(*blocks: np.ndarray) -> list[np.ndarray]:
+    return list(blocks)
+
+
+def write_many(
+    items: Sequence[tuple[Path | str, Any, Mapping[str, Any]]],
+    grid: Grid,
+    *,
+    client: Any = None,
+    progress: ProgressFn | None = None,
+    max_in_flight: int | None = None,
+    chunk: int | tuple[int, int] | None = None,
+) -> list[Path]:
+    """Compute several chunked arrays in one pass and write each to a tiled GeoTIFF block by block.
+
+    Arrays that share intermediates (e.g. monthly NPP and its annual sums) are computed once.
+    Each output is written to a temporary sibling and moved into place when complete.
+
+    Parameters
+    ----------
+    items : sequence of (path, array, options)
+        ``array``: numpy or dask, shape (rows, cols) or (bands, rows, cols);
+        ``options``: any of ``nodata``, ``dtype`` (default float32), ``band_names``,
+        ``tags``, ``cog`` (bool: convert to a Cloud-Optimized GeoTIFF afterwards).
+    grid : Grid
+        Grid of every array.
+    client : dask.distributed.Client, optional
+        Compute on this cluster (blocks stream back here and are written by this process);
+        default the local threaded scheduler.
+    progress : callable(fraction, message), optional
+        Called after every written block.
+    max_in_flight : int, optional
+        Blocks computed ahead of the writer on a cluster (default 2 × workers' threads).
+    chunk : int or (int, int), optional
+        Block side(s) of the writing pass; default the blocks of the first Dask array
+        (else 1024).
+
+    Returns
+    -------
+    list of Path
+        The written files.
+    """
+    if not items:
+        return []
+    arrays: list[da.Array] = []
+    first_chunks = None
+    if chunk is not None:
+        ch = (chunk, chunk) if np.isscalar(chunk) else tuple(chunk)
+        first_chunks = (_split(grid.height, int(ch[0]), 1), _split(grid.width, int(ch[1]), 1))
+    else:  # the blocks of the first chunked array, else 1024²
+        for _, arr, _ in items:
+            if isinstance(arr, da.Array) and arr.shape[-2:] == grid.shape:
+                first_chunks = arr.chunks[-2:]
+                break
+        else:
+            first_chunks = (_split(grid.height, 1024, 1), _split(grid.width, 1024, 1))
+    for path, arr, _ in items:
+        a = arr if isinstance(arr, da.Array) else da.from_array(np.asarray(arr), chunks=-1)
+        if a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3 or a.shape[1:] != grid.shape:
+            raise ChunkedError(f"{Path(path).name}: array shape {a.shape[-2:]} does not match the grid {grid.shape}.")
+        arrays.append(a.rechunk(((a.shape[0],),) + tuple(first_chunks)))
+    targets: list[_Target] = []
+    try:
+        for (path, _, opt), a in zip(items, arrays):
+            tmp, final = atomic_path(path)
+            targets.append(_Target(tmp, final, grid, a.shape[0], opt.get("dtype", "float32"), opt.get("nodata"),
+                                   opt.get("band_names"), opt.get("tags"), bool(opt.get("cog", False))))
+        row_off = np.concatenate([[0], np.cumsum(first_chunks[0])])
+        col_off = np.concatenate([[0], np.cumsum(first_chunks[1])])
+        nbi, nbj = len(first_chunks[0]), len(first_chunks[1])
+        total = nbi * nbj
+        delayed = [a.to_delayed() for a in arrays]  # each shape (1, nbi, nbj)
+        keys = [(i, j) for i in range(nbi) for j in range(nbj)]
+
+        def put(i: int, j: int, blocks: Sequence[np.ndarray], done: int) -> None:
+            for t, b in zip(targets, blocks):
+                t.write(int(row_off[i]), int(col_off[j]), np.asarray(b))
+            if progress is not None:
+                progress(done / total, f"block {done}/{total}")
+
+        if client is None:
+            # local threads: one graph, blocks written as they finish (targets lock themselves)
+            counter = {"n": 0}
+            lock = threading.Lock()
+            n_writes = total * len(targets)
+
+            class _Sink:
+                def __init__(self, t: _Target):
+                    self.t = t
+
+                def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+                    self.t.write(key[1].start or 0, key[2].start or 0, value)
+                    if progress is not None:
+                        with lock:
+                            counter["n"] += 1
+                            n = counter["n"]
+                        progress(n / n_writes, f"block {n}/{n_writes}")
+
+            da.store(arrays, [_Sink(t) for t in targets], lock=False, compute=True, scheduler="threads")
+        else:
+            from distributed import as_completed
+
+            nthreads = sum(client.nthreads().values()) or 1
+            limit = max(2, max_in_flight or 2 * nthreads)
+            group = max(1, limit // 2)
+            it = iter(keys)
+            pending: dict[Any, tuple[int, int]] = {}
+            ac = as_completed()
+
+            def submit_more() -> None:
+                # blocks go to the scheduler in groups (one graph submission per group); at most
+                # ``limit`` blocks are computed ahead of the writer, so worker memory stays bounded
+                batch = []
+                while len(pending) + len(batch) < limit and len(batch) < group:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    batch.append(nxt)
+                if not batch:
+                    return
+                futs = client.compute([dask.delayed(_collect)(*[d[0, i, j] for d in delayed]) for i, j in batch])
+                for f, ij in zip(futs, batch):
+                    pending[f.key] = ij
+                    ac.add(f)
+
+            submit_more()
+            submit_more()
+            done = 0
+            for fut in ac:
+                i, j = pending.pop(fut.key)
+                blocks = fut.result()
+                fut.release()
+                done += 1
+                put(i, j, blocks, done)
+                del blocks
+                if len(pending) <= limit - group:
+                    submit_more()
+        return [t.finish() for t in targets]
+    except BaseException:
+        for t in targets:
+            t.abort()
+        raise
+
+
+def write_blocks(
+    path: Path | str,
+    data: Any,
+    grid: Grid,
+    *,
+    nodata: float | int | None = None,
+    dtype: str | np.dtype = "float32",
+    band_names: Sequence[str] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    cog: bool = False,
+    client: Any = None,
+    progress: ProgressFn | None = None,
+    chunk: int | tuple[int, int] | None = None,
+) -> Path:
+    """Write one (chunked) array to a tiled, deflate-compressed GeoTIFF block by block.
+
+    Parameters
+    ----------
+    path : path-like
+    data : ndarray or dask.array, shape (rows, cols) or (bands, rows, cols)
+        NaN is written as ``nodata`` (NaN for float outputs by default).
+    grid : Grid
+    nodata, dtype, band_names, tags
+        As :func:`npp_core.raster.write_raster` (dates in band names also become ``DATE`` tags).
+    cog : bool
+        Convert to a Cloud-Optimized GeoTIFF afterwards (``rasterio.shutil.copy(driver="COG")``).
+    client : dask.distributed.Client, optional
+    progress : callable(fraction, message), optional
+    chunk : int or (int, int), optional
+        Block side(s); default the array's own blocks (numpy input: 1024).
+
+    Returns
+    -------
+    Path
+    """
+    opts = {"nodata": nodata, "dtype": dtype, "band_names": band_names, "tags": tags, "cog": cog}
+    return write_many([(path, data, opts)], grid, client=client, progress=progress, chunk=chunk)[0]
