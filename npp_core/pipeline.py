@@ -369,6 +369,8 @@ def _assemble_summary(
             for k, v in frag.items():
                 if not k.startswith("_"):
                     summary[k] = v
+    if ctx.fragments.get("_run"):
+        summary["run"] = {"execution": ctx.fragments["_run"]}
     summary["params"] = params
     try:
         summary["inputs"] = {"dataset": dataset.name, "grid": dataset.grid.to_dict(), "hash": dataset.content_hash()}

@@ -67,6 +67,15 @@ def stage_fusion(ctx: Context) -> dict[str, Any]:
     return {"fusion": info}
 
 
+def execution_mode(ctx: Context, n_layers: int) -> str:
+    """In-memory or chunked execution for a stage (``run.mode``, ``run.memory_gb``); recorded in the summary."""
+    from .chunked import choose_mode
+
+    mode, reason = choose_mode(ctx.ds.grid.shape, max(int(n_layers), 1), ctx.params)
+    ctx.fragments.setdefault("_run", {})[ctx.stage] = {"mode": mode, "reason": reason}
+    return mode
+
+
 # ---------------------------------------------------------------- casa
 def _whole_years(labels: list[str]) -> list[str]:
     years: dict[str, int] = {}
@@ -122,7 +131,13 @@ def stage_casa(ctx: Context) -> dict[str, Any]:
             overrides=p.get("overrides") or None,
         )
         ctx.progress(0.2, "monthly NPP")
-        npp = casa.npp_monthly(
+        npp_fn = casa.npp_monthly
+        if execution_mode(ctx, 4 * len(use)) == "chunked":
+            from .chunked import casa_chunked
+
+            def npp_fn(*a: Any, **k: Any) -> np.ndarray:
+                return np.asarray(casa_chunked(*a, chunk=int(ctx.params["run"]["chunk"]), **k).compute())
+        npp = npp_fn(
             nd,
             T,
             P,
@@ -250,16 +265,25 @@ def stage_lcc(ctx: Context) -> dict[str, Any]:
     npp = ctx.read("npp_mean.tif")[0][0]
     names, stack, _ = _driver_stack(ctx)
     mask = ctx.ds.mask & np.isfinite(npp)
+    mode = execution_mode(ctx, 2 + 3)
     shares = {}
     for j, n in enumerate(names):
         ctx.progress(j / len(names), f"LCC {n}")
         drv = np.where(mask, stack[j], np.nan)
-        r, pv, cnt = lcc.local_correlation(drv, np.where(mask, npp, np.nan), int(p["window"]), min_valid=int(p["min_valid"]))
+        yy = np.where(mask, npp, np.nan)
+        if mode == "chunked":
+            from .chunked import lcc_chunked
+
+            rpn = np.asarray(lcc_chunked(drv, yy, int(p["window"]), int(p["min_valid"]),
+                                         chunk=int(ctx.params["run"]["chunk"])).compute())
+            r, pv, cnt = rpn[0], rpn[1], rpn[2]
+        else:
+            r, pv, cnt = lcc.local_correlation(drv, yy, int(p["window"]), min_valid=int(p["min_valid"]))
         rel = f"lcc/{n}.tif"
         write_raster(ctx.path(rel), np.stack([r, pv, cnt.astype(float)]), ctx.ds.grid, band_names=["r", "p", "n"])
         ctx.wrote(rel)
         shares[n] = lcc.area_shares(r, pv, mask)
-    return {"lcc": shares}
+    return {"lcc": shares, "_message": f"{mode} execution"}
 
 
 # ---------------------------------------------------------------- attribution

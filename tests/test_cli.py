@@ -15,21 +15,11 @@ from conftest import ROOT
 from npp_core import cli
 
 SAMPLE = ROOT / "sample_data"
-FAST = ["--set", "rf.n_trees=100", "--set", "sampling.n_points=600"]
+from conftest import FAST  # noqa: E402  (the settings of the shared sample run)
 
 
 def _py(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "npp_core", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def sample_run(tmp_path_factory):
-    """One full run of every stage on the shipped sample basin, through the CLI entry point."""
-    base = tmp_path_factory.mktemp("cli")
-    out, cache = base / "out", base / "cache"
-    code = cli.main(["run", str(SAMPLE), "--out", str(out), "--cache", str(cache), *FAST])
-    assert code == 0
-    return out, cache
 
 
 def test_params_command_prints_documented_valid_toml():
