@@ -1,7 +1,7 @@
 """Synthetic sample basin modelled on the Changhe Basin coal-mining area (Jincheng, Shanxi).
 
 :func:`generate` writes a complete study-area dataset (``dataset.toml`` and every file it names,
-in the format of ``shared/specs/dataset.md``); :func:`planted_truth` returns the hidden fields the
+in the dataset format documented in the project README); :func:`planted_truth` returns the hidden fields the
 data were drawn from, so tests can check that an analysis recovers them. Everything is a
 deterministic function of ``seed``: the same seed gives the same bytes.
 
@@ -1053,7 +1053,7 @@ def _readme(seed: int, B: dict[str, Any], lc: np.ndarray, ins: np.ndarray, npp: 
         "## Files",
         "| file | content |",
         "|---|---|",
-        "| `dataset.toml` | the manifest (format: `shared/specs/dataset.md`) |",
+        "| `dataset.toml` | the manifest (format: the "Datasets" section of the project README) |",
         "| `boundary.geojson` | basin polygon, lon/lat (EPSG:4326), 113 km² |",
         "| `landcover.tif` | reference grid: UTM 49N (EPSG:32649), 30 m, 440 × 500; uint8 1 forest, 2 grassland, "
         "3 farmland, 4 construction, 5 water, 0 = outside (nodata) |",
