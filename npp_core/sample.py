@@ -1053,7 +1053,7 @@ def _readme(seed: int, B: dict[str, Any], lc: np.ndarray, ins: np.ndarray, npp: 
         "## Files",
         "| file | content |",
         "|---|---|",
-        "| `dataset.toml` | the manifest (format: the "Datasets" section of the project README) |",
+        "| `dataset.toml` | the manifest (format: the Datasets section of the project README) |",
         "| `boundary.geojson` | basin polygon, lon/lat (EPSG:4326), 113 km² |",
         "| `landcover.tif` | reference grid: UTM 49N (EPSG:32649), 30 m, 440 × 500; uint8 1 forest, 2 grassland, "
         "3 farmland, 4 construction, 5 water, 0 = outside (nodata) |",

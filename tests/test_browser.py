@@ -191,6 +191,15 @@ def test_every_page_offline(server, page):
         pg.wait_for_timeout(1000)
         widths = _overlay_images(pg)
         assert any(w > 0 for w in widths), f"dominant-class overlay did not load: {widths}"
+        # move the threshold with the keyboard: the class map and its legend are redrawn for the new value
+        slider = pg.get_by_role("slider").first
+        slider.focus()
+        for _ in range(10):
+            pg.keyboard.press("ArrowLeft")
+        _idle(pg)
+        pg.get_by_text(re.compile(r"Dominant driver at (?!60 )\d+ %")).first.wait_for()
+        widths = _overlay_images(pg)
+        assert any(w > 0 for w in widths), f"recoloured class overlay did not load: {widths}"
         pg.wait_for_timeout(500)
     pg.screenshot(path=str(SHOTS / "4_explore_dominant.png"), full_page=True)
     pg.get_by_text("Charts", exact=True).click()
@@ -213,6 +222,19 @@ def test_every_page_offline(server, page):
     _goto(pg, server, "Export")
     pg.get_by_text(re.compile(r"Report \(offline HTML\)")).wait_for()
     pg.screenshot(path=str(SHOTS / "6_export.png"), full_page=True)
+    # download a GeoTIFF through the browser and open it with rasterio
+    pg.get_by_text("Single files", exact=True).click()
+    _idle(pg)
+    with pg.expect_download(timeout=60_000) as dl:
+        pg.get_by_role("button", name=re.compile(r"Download .*\.tif")).first.click()
+    tif = SHOTS / "_download.tif"
+    dl.value.save_as(str(tif))
+    import rasterio
+
+    with rasterio.open(tif) as ds:
+        assert ds.crs is not None and ds.count >= 1 and ds.width > 0
+        assert ds.read(1, masked=True).count() > 0
+    tif.unlink(missing_ok=True)
 
     # upload a zipped dataset through the real file input
     from test_app import make_dataset, zip_dir  # noqa: E402
