@@ -179,3 +179,24 @@ def test_sample_run_recovers_the_planted_drivers(sample_run):
     assert east["S"] > 0.5 and east["S"] == max(east.values()), east
     assert rims["C"] > east["C"] + 0.1, (rims, east)
     assert east["M"] < 0.1
+
+
+def test_kriged_soil_follows_the_planted_fields(sample_run):
+    """Ordinary kriging of the 117 samples reproduces the planted soil fields of the sample basin."""
+    from npp_core.raster import read_raster
+    from npp_core.sample import planted_truth
+
+    out, _ = sample_run
+    t = planted_truth(0)
+    for name in ("SOC", "TN", "AK"):
+        true = t["soil"][name]
+        k = read_raster(out / "drivers" / f"{name}.tif")[0][0]
+        ok = t["inside"] & np.isfinite(k) & np.isfinite(true)
+        assert ok.sum() > 100_000
+        r = np.corrcoef(k[ok], true[ok])[0, 1]
+        rmse = np.sqrt(np.mean((k[ok] - true[ok]) ** 2))
+        assert r > 0.9, (name, r)
+        assert rmse < 0.4 * true[ok].std(), (name, rmse)
+        assert abs(k[ok].mean() - true[ok].mean()) < 0.1 * true[ok].std(), name
+    s = json.loads((out / "summary.json").read_text())["kriging"]["SOC"]
+    assert s["model"] in ("spherical", "exponential", "gaussian") and 0.5 < s["msdr"] < 2.0
