@@ -33,6 +33,7 @@ from affine import Affine
 from rasterio.warp import Resampling, reproject
 
 from .raster import Grid, atomic_path, read_raster
+from .sample import MANIFEST_DEGRADATION_INDICATORS, MANIFEST_SOIL_PROPERTIES
 
 __all__ = ["BenchDataError", "bench_data", "bench_shape"]
 
@@ -261,26 +262,8 @@ crs = "EPSG:32649"
 x_column = "x"
 y_column = "y"
 
-[soil.properties]
-CF = "clay_pct"
-SOC = "soc_g_kg"
-TN = "tn_g_kg"
-AP = "ap_mg_kg"
-AK = "ak_mg_kg"
-pH = "ph"
-BD = "bd_g_cm3"
-
+{MANIFEST_SOIL_PROPERTIES}
 [degradation]
 ahp = "ld/ahp_matrix.csv"
 
-[degradation.indicators]
-subsidence = "ld/subsidence_m.tif"
-cracks = "ld/crack_density.tif"
-seeper = {{ path = "ld/seeper.tif", nodata = 255 }}
-goaf = {{ path = "ld/goaf.tif", nodata = 255 }}
-slope_change = "ld/slope_change.tif"
-distance_to_mine = "ld/dist_mine_m.tif"
-
-[degradation.direction]
-distance_to_mine = "lower_is_worse"
-'''
+{MANIFEST_DEGRADATION_INDICATORS}'''

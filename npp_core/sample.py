@@ -956,6 +956,29 @@ def _write(out: Path, B: dict[str, Any]) -> Path:
     return out
 
 
+#: Manifest sections shared by the sample basin and the benchmark areas built from it.
+MANIFEST_SOIL_PROPERTIES = """[soil.properties]
+CF = "clay_pct"
+SOC = "soc_g_kg"
+TN = "tn_g_kg"
+AP = "ap_mg_kg"
+AK = "ak_mg_kg"
+pH = "ph"
+BD = "bd_g_cm3"
+"""
+MANIFEST_DEGRADATION_INDICATORS = """[degradation.indicators]
+subsidence = "ld/subsidence_m.tif"
+cracks = "ld/crack_density.tif"
+seeper = { path = "ld/seeper.tif", nodata = 255 }
+goaf = { path = "ld/goaf.tif", nodata = 255 }
+slope_change = "ld/slope_change.tif"
+distance_to_mine = "ld/dist_mine_m.tif"
+
+[degradation.direction]
+distance_to_mine = "lower_is_worse"
+"""
+
+
 def _manifest(fine: list[str]) -> str:
     fine_txt = ",\n".join(f'    "{f}"' for f in fine)
     return f'''# Synthetic sample basin written by npp_core.sample.generate (see README.md)
@@ -1001,30 +1024,12 @@ crs = "EPSG:4326"
 x_column = "lon"
 y_column = "lat"
 
-[soil.properties]
-CF = "clay_pct"
-SOC = "soc_g_kg"
-TN = "tn_g_kg"
-AP = "ap_mg_kg"
-AK = "ak_mg_kg"
-pH = "ph"
-BD = "bd_g_cm3"
-
+{MANIFEST_SOIL_PROPERTIES}
 [degradation]
 ahp = "ld/ahp_matrix.csv"
 mines = "ld/mines.csv"
 
-[degradation.indicators]
-subsidence = "ld/subsidence_m.tif"
-cracks = "ld/crack_density.tif"
-seeper = {{ path = "ld/seeper.tif", nodata = 255 }}
-goaf = {{ path = "ld/goaf.tif", nodata = 255 }}
-slope_change = "ld/slope_change.tif"
-distance_to_mine = "ld/dist_mine_m.tif"
-
-[degradation.direction]
-distance_to_mine = "lower_is_worse"
-
+{MANIFEST_DEGRADATION_INDICATORS}
 [validation]
 plots = "validation/plots.csv"
 crs = "EPSG:32649"
