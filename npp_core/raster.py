@@ -275,7 +275,7 @@ def write_raster(
     colormap: dict[int, tuple[int, int, int, int]] | None = None,
     mask: np.ndarray | None = None,
 ) -> Path:
-    """Write a tiled, deflate-compressed GeoTIFF atomically.
+    """Write a tiled, deflate-compressed (level 1, multithreaded) GeoTIFF atomically.
 
     Parameters
     ----------
@@ -330,6 +330,9 @@ def write_raster(
         "transform": grid.transform,
         "nodata": nd,
         "compress": "deflate",
+        # level 1 + GDAL's worker threads: ~3x faster than the default level for ~4 % more bytes
+        "zlevel": 1,
+        "num_threads": "ALL_CPUS",
     }
     if grid.width >= 256 and grid.height >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)

@@ -3,7 +3,9 @@
 Starts ``streamlit run app.py`` on a free port with the project's Python, blocks
 every request to a non-local host, opens each page, checks that map overlays
 really load (``naturalWidth > 0`` inside the map iframes), runs the analysis
-and saves a screenshot of every page into ``tests/screenshots/`` (git-ignored).
+on the bundled sample basin from an empty stage cache (the time of that cold run is
+written to ``tests/screenshots/cold_run_seconds.txt``) and saves a screenshot of every
+page into ``tests/screenshots/`` (git-ignored).
 Skipped when ``/usr/bin/chromium`` is absent.
 """
 from __future__ import annotations
@@ -35,20 +37,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _dataset_dir(tmp: Path) -> Path:
-    """A tiny synthetic dataset (the full sample basin takes minutes to analyse from a cold cache)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_app import make_dataset  # noqa: E402  (shared tiny-dataset builder)
-
-    return make_dataset(tmp / "tiny")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
-    ds = _dataset_dir(tmp)
     port = _free_port()
-    env = dict(os.environ, NPP_SAMPLE_DIR=str(ds), PYTHONUNBUFFERED="1")
+    # the bundled sample basin, as a user gets it; a private temp folder gives the app an empty stage
+    # cache, so the Run below is a real cold run of every stage
+    (tmp / "t").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "NPP_SAMPLE_DIR"}
+    env.update(TMPDIR=str(tmp / "t"), PYTHONUNBUFFERED="1")
     log = open(tmp / "streamlit.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -164,10 +161,16 @@ def test_every_page_offline(server, page):
     pg.screenshot(path=str(SHOTS / "2_parameters.png"), full_page=True)
 
     _goto(pg, server, "Run")
+    t0 = time.perf_counter()
     pg.get_by_role("button", name=re.compile("Run")).first.click()
-    pg.get_by_text(re.compile(r"Last run")).wait_for(timeout=240_000)
-    _idle(pg, 240_000)
+    pg.get_by_text(re.compile(r"Last run")).wait_for(timeout=900_000)
+    _idle(pg, 900_000)
+    seconds = time.perf_counter() - t0
     assert pg.get_by_text(re.compile("Results are ready")).count() >= 1
+    # every stage ran (nothing restored from a cache) — the time is recorded for review, not asserted
+    total = pg.get_by_text(re.compile(r"^Total [\d.]+ s\.$")).first.inner_text()
+    (SHOTS / "cold_run_seconds.txt").write_text(f"click to results shown: {seconds:.1f} s; pipeline: {total}\n")
+    print(f"sample basin cold run in the browser: {seconds:.1f} s (pipeline {total})")
     pg.screenshot(path=str(SHOTS / "3_run.png"), full_page=True)
 
     _goto(pg, server, "Explore")
