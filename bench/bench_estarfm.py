@@ -1,21 +1,31 @@
 """Benchmark of ESTARFM (npp_core.estarfm): fuse() and fuse_series().
 
-Prints wall and CPU times and ratios against a straightforward per-pixel
-numpy reference run in the same process (on a crop, scaled by pixel count):
+Prints wall and CPU times and ratios against references run in the same
+process: a straightforward per-pixel numpy implementation (on a crop, scaled
+by pixel count), the previous kernel (npp_core/estarfm.py as of commit
+4b908b6, read from git when the repository has it: compacted similar-pixel
+lists, pixel-major arrays) and date-by-date fuse():
 
 1. the authors' 400 × 400 NDVI test case (window 51), when ../shared is present
-   (otherwise a synthetic 400 × 400 scene);
+   (otherwise a synthetic 400 × 400 scene), vs the per-pixel reference and the
+   previous kernel;
 2. a 1000 × 1000 case made by tiling the same image;
-3. a series of the sample-basin size (480 × 420 pixels, 138 coarse dates,
-   12 fine images) against date-by-date fuse() (timed on a few dates, scaled).
+3. the sample basin's series (sample_data: 500 × 440 pixels, 138 coarse dates,
+   12 fine images, basin mask) vs the previous kernel, with the largest
+   difference between the two;
+4. a synthetic series of the sample-basin size against date-by-date fuse()
+   (timed on a few dates, scaled).
 
-    python bench/bench_estarfm.py [--threads 2] [--skip-series] [--skip-1000]
+    python bench/bench_estarfm.py [--threads 2] [--skip-series] [--skip-1000] [--skip-previous]
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +38,28 @@ sys.path.insert(0, str(ROOT))
 from npp_core.estarfm import fuse, fuse_series, similarity_thresholds  # noqa: E402
 
 ZHU = ROOT.parent / "shared" / "data" / "estarfm_zhu_testdata"
+SAMPLE = ROOT / "sample_data"
+PREVIOUS_COMMIT = "4b908b6"  # the kernel before the vectorised planar rewrite (issue #7)
+_TMP = tempfile.TemporaryDirectory(prefix="bench_estarfm_")
+
+
+def previous_kernel():
+    """npp_core/estarfm.py of PREVIOUS_COMMIT as a module (read-only ``git show``), or None."""
+    try:
+        src = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{PREVIOUS_COMMIT}:npp_core/estarfm.py"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(_TMP.name) / "estarfm_previous.py"
+    path.write_text(src)
+    sys.path.insert(0, _TMP.name)  # a real module name, so numba can cache it
+    spec = importlib.util.spec_from_file_location("estarfm_previous", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["estarfm_previous"] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def timed(fn, *args, **kw):
@@ -139,6 +171,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-series", action="store_true")
     ap.add_argument("--skip-1000", action="store_true")
+    ap.add_argument("--skip-previous", action="store_true", help="do not run the previous kernel")
     ap.add_argument("--ref-pixels", type=int, default=300, help="centre pixels for the per-pixel reference")
     args = ap.parse_args()
     import numba
@@ -148,11 +181,20 @@ def main() -> None:
     nthr = numba.get_num_threads()
     imgs, what = load_ndvi()
     fuse(*[a[:60, :60] for a in imgs], window=11)  # compile / load the cache
+    prev = None if args.skip_previous else previous_kernel()
+    if prev is not None:
+        prev.fuse(*[a[:60, :60] for a in imgs], window=11)
+    elif not args.skip_previous:
+        print(f"[prev] previous kernel (commit {PREVIOUS_COMMIT}) not available: comparisons with it skipped")
 
     # 1. 400 x 400 NDVI
     pred, wall, cpu = timed(fuse, *imgs, window=51)
     rows, cols = imgs[0].shape
     print(f"[fuse] {rows}x{cols} NDVI, {what}, window 51, {nthr} threads: wall {wall:.2f} s, cpu {cpu:.2f} s")
+    if prev is not None:
+        ppred, pwall, pcpu = timed(prev.fuse, *imgs, window=51)
+        print(f"[prev] previous kernel: wall {pwall:.2f} s, cpu {pcpu:.2f} s; ratio wall {pwall / wall:.2f}x, "
+              f"cpu {pcpu / cpu:.2f}x; max |new - previous| = {np.nanmax(np.abs(pred - ppred)):.1e}")
 
     # per-pixel reference on a few centres, checked against the kernel, scaled by pixel count
     rng = np.random.default_rng(1)
@@ -175,7 +217,34 @@ def main() -> None:
               f"cpu {bcpu / 1e6 / (cpu / (rows * cols)):.2f}x; reference estimate {per_px * 1e6:.0f} s "
               f"(ratio {per_px * 1e6 / bwall:.0f}x)")
 
-    # 3. the series
+    # 3. the sample basin's series, against the previous kernel
+    if not args.skip_series and (SAMPLE / "dataset.toml").is_file():
+        from npp_core.dataset import open_dataset
+
+        with open_dataset(SAMPLE) as ds:
+            fine, coarse = ds.ndvi_fine(), ds.ndvi_coarse()
+            if fine is not None and coarse is not None:
+                fine = (np.array(fine[0], dtype=np.float64), list(fine[1]))
+                coarse = (np.array(coarse[0], dtype=np.float64), list(coarse[1]))
+        if fine is not None and coarse is not None:
+            sub = (slice(None), slice(200, 260), slice(200, 260))
+            fuse_series(fine[0][sub], fine[1], coarse[0][sub], coarse[1], window=11)  # compile
+            (sfused, sinfo), swall, scpu = timed(fuse_series, fine[0], fine[1], coarse[0], coarse[1], window=51)
+            n, r, c = coarse[0].shape
+            valid = np.isfinite(fine[0][0]).mean()
+            pairs = len({tuple(x["pair"]) for x in sinfo})
+            print(f"[sample] series {r}x{c} ({100 * valid:.0f}% valid), {n} coarse dates, {len(fine[1])} fine "
+                  f"images ({pairs} pairs), window 51, {nthr} threads: wall {swall:.2f} s, cpu {scpu:.2f} s")
+            if prev is not None:
+                prev.fuse_series(fine[0][sub], fine[1], coarse[0][sub], coarse[1], window=11)
+                (pfused, _), pwall, pcpu = timed(prev.fuse_series, fine[0], fine[1], coarse[0], coarse[1],
+                                                 window=51)
+                same_nan = np.array_equal(np.isnan(pfused), np.isnan(sfused))
+                print(f"[sample] previous kernel: wall {pwall:.2f} s, cpu {pcpu:.2f} s; ratio wall "
+                      f"{pwall / swall:.2f}x, cpu {pcpu / scpu:.2f}x; max |new - previous| = "
+                      f"{np.nanmax(np.abs(sfused - pfused)):.1e}, same NaN pixels: {same_nan}")
+
+    # 4. a synthetic series, against date-by-date fuse
     if not args.skip_series:
         fine, fdates, coarse, cdates, fidx = series_case()
         n, r, c = coarse.shape

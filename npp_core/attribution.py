@@ -32,13 +32,14 @@ Conventions
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats as _stats
 from sklearn.ensemble import RandomForestRegressor
 
-from .forest import predict_forest
+from .forest import FastRandomForestRegressor, FlatForest, flatten_forest, predict_forest, predict_trees_permuted
 
 __all__ = [
     "AttributionError",
@@ -51,6 +52,12 @@ __all__ = [
     "importance",
     "block_cv_r2",
     "factorial",
+    "FactorialFit",
+    "factorial_fit",
+    "factorial_predict",
+    "noise_pixel_index",
+    "noise_floor",
+    "relative_contributions",
     "category_codes",
     "dominant_classes",
     "rgb_composite",
@@ -245,14 +252,15 @@ def fit_forest(
     -------
     RandomForestRegressor
         Fitted with ``max_features = max(⌊p/3⌋, 1)``, ``min_samples_split = 6``,
-        ``bootstrap = True``.
+        ``bootstrap = True``; a :class:`~npp_core.forest.FastRandomForestRegressor`
+        (scikit-learn's forest, bit-identical results, less per-tree overhead).
     """
     X = np.asarray(X, dtype=np.float64)
     if isinstance(n_trees, bool) or int(n_trees) != n_trees or n_trees < 1:
         raise AttributionError(f"n_trees={n_trees!r}: must be a positive integer (rf.n_trees).")
     if X.shape[0] < MIN_SAMPLES:
         raise AttributionError(f"X: {X.shape[0]} samples; a random forest needs at least {MIN_SAMPLES}.")
-    model = RandomForestRegressor(
+    model = FastRandomForestRegressor(
         n_estimators=int(n_trees),
         max_features=_max_features(X.shape[1]),
         min_samples_split=6,
@@ -317,32 +325,32 @@ def _permutation_deltas(
     oob = oob_rows(model, X.shape[0])
     n_trees = len(oob)
     deltas = np.zeros((n_trees, len(groups)))
+    # each tree's predictions by the compiled kernel: the same float32 decisions
+    # and leaf values as est.predict, without its per-call validation and without
+    # materialising the permuted copies
+    flat = flatten_forest(model)
+    member = np.zeros((len(groups), X.shape[1]), dtype=bool)
+    for g, cols in enumerate(groups):
+        member[g, np.asarray(cols, dtype=np.int64)] = True
+    items: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     for t, est in enumerate(model.estimators_):
         rows = oob[t]
         if rows.size == 0:
             continue
         tree = est.tree_
-        used = set(int(f) for f in tree.feature[tree.children_left != -1])
-        Xo = X[rows]
-        yo = y[rows]
-        base = np.mean((est.predict(Xo) - yo) ** 2)
+        used = np.zeros(X.shape[1], dtype=bool)
+        used[tree.feature[tree.children_left != -1]] = True
         # One permutation per (tree, group), drawn even when unused so that the
         # random stream does not depend on which variables a tree uses.
         perms = [rng.permutation(rows.size) for _ in groups]
-        batch = []
-        which = []
-        for g, cols in enumerate(groups):
-            if not used.intersection(int(c) for c in cols):
-                continue
-            Xp = Xo.copy()
-            Xp[:, cols] = Xo[perms[g]][:, cols]
-            batch.append(Xp)
-            which.append(g)
-        if batch:
-            pred = est.predict(np.concatenate(batch))
-            for k, g in enumerate(which):
-                pk = pred[k * rows.size:(k + 1) * rows.size]
-                deltas[t, g] = np.mean((pk - yo) ** 2) - base
+        which = np.array([g for g in range(len(groups)) if (member[g] & used).any()], dtype=np.int64)
+        items.append((t, rows, np.array([perms[g] for g in which], dtype=np.int64).reshape(which.size, rows.size), which))
+    preds = predict_trees_permuted(
+        flat, X, [it[0] for it in items], [it[1] for it in items], [it[2] for it in items], [it[3] for it in items], member
+    )
+    for (t, rows, _, which), pred in zip(items, preds):
+        mse = np.mean((pred - y[rows]) ** 2, axis=1)  # each row as np.mean of that 1-D row
+        deltas[t, which] = mse[1:] - mse[0]
     return deltas
 
 
@@ -550,6 +558,269 @@ def block_cv_r2(
 
 
 # --------------------------------------------------------------------------- factorial
+@dataclass
+class FactorialFit:
+    """The fitted forests of the factorial experiments, ready to predict any block of pixels.
+
+    Fitted once on the driver (:func:`factorial_fit`) and applied per block of
+    pixels (:func:`factorial_predict`, :func:`noise_floor`,
+    :func:`relative_contributions`); :func:`factorial` is their composition.
+    Picklable; the forests are held as :class:`~npp_core.forest.FlatForest`
+    node arrays (a few MB per 500-tree forest). Ship :meth:`without_model` to
+    workers (drops the scikit-learn ``model_all``).
+
+    Attributes
+    ----------
+    categories : list of str
+        Used categories (at least one driver present), in input order (k).
+    empty_categories : list of str
+        Categories with no driver in ``names`` (skipped).
+    names : list of str
+        Driver names, the column order of ``X`` (p).
+    keep_cols : dict str -> ndarray of int64
+        Per category, the columns of ``X`` kept when it is removed (the
+        features of ``flat_without[cat]``, ascending).
+    flat_all : FlatForest
+        RF_all (every driver, ``seed``).
+    flat_without : dict str -> FlatForest or None
+        RF without each category (``seed``); None when no driver is left (it
+        predicts ``y_mean``).
+    flat_noise : FlatForest
+        RF_all refitted with ``seed + 1`` (seed-to-seed noise floor).
+    y_mean : float
+        Mean of the sample response (target units).
+    models : dict
+        ``{"all" | "without_<g>": {"oob_r2": float, "drivers": list of str}}``.
+    model_all : RandomForestRegressor or None
+        The fitted RF_all (only with ``keep_model=True``), for
+        :func:`importance` ``model=``.
+    """
+
+    categories: list[str]
+    empty_categories: list[str]
+    names: list[str]
+    keep_cols: dict[str, np.ndarray]
+    flat_all: FlatForest
+    flat_without: dict[str, FlatForest | None]
+    flat_noise: FlatForest
+    y_mean: float
+    models: dict[str, dict]
+    model_all: RandomForestRegressor | None = None
+
+    @property
+    def n_features(self) -> int:
+        """Number of driver columns (p)."""
+        return len(self.names)
+
+    def without_model(self) -> "FactorialFit":
+        """A copy without the scikit-learn ``model_all`` (small, for shipping to workers)."""
+        return replace(self, model_all=None)
+
+
+def factorial_fit(
+    X_sample: np.ndarray,
+    y_sample: np.ndarray,
+    names: Sequence[str],
+    categories: Mapping[str, Sequence[str]],
+    *,
+    n_trees: int = 500,
+    seed: int = 0,
+    n_jobs: int = 2,
+    keep_model: bool = False,
+) -> FactorialFit:
+    """Fit RF_all, RF without each category and the noise forest on the sample.
+
+    Parameters
+    ----------
+    X_sample : ndarray, shape (n, p)
+        Drivers at the sample points (driver units).
+    y_sample : ndarray, shape (n,)
+        Response at the sample points (e.g. NPP, gC m⁻² yr⁻¹).
+    names : sequence of str, length p
+    categories : mapping str -> list of str
+        Category → driver names (order = category order used for codes).
+    n_trees, seed, n_jobs : int
+        ``RF_all`` and every ``RF_without_g`` use ``seed``; the noise forest
+        uses ``seed + 1``.
+    keep_model : bool, default False
+        Keep the scikit-learn RF_all in ``model_all``.
+
+    Returns
+    -------
+    FactorialFit
+    """
+    X, y, names = _check_xy(X_sample, y_sample, names)
+    cats, empty = _resolve_categories(names, categories)
+    if not cats:
+        raise AttributionError("categories: no category has a driver present; nothing to attribute.")
+    all_cols = np.arange(X.shape[1])
+    models: dict[str, dict] = {}
+    rf_all = fit_forest(X, y, n_trees=n_trees, seed=seed, n_jobs=n_jobs)
+    flat_all = flatten_forest(rf_all)
+    models["all"] = {"oob_r2": float(rf_all.oob_score_), "drivers": list(names)}
+    model_all = rf_all if keep_model else None
+    del rf_all
+    keep_cols: dict[str, np.ndarray] = {}
+    flat_without: dict[str, FlatForest | None] = {}
+    for cat, cols in cats.items():
+        keep = np.setdiff1d(all_cols, cols).astype(np.int64)
+        keep_cols[cat] = keep
+        if keep.size == 0:
+            # without its only category the model knows nothing: predict the sample mean
+            flat_without[cat] = None
+            models[f"without_{cat}"] = {"oob_r2": 0.0, "drivers": []}
+        else:
+            m = fit_forest(X[:, keep], y, n_trees=n_trees, seed=seed, n_jobs=n_jobs)
+            flat_without[cat] = flatten_forest(m)
+            models[f"without_{cat}"] = {"oob_r2": float(m.oob_score_), "drivers": [names[j] for j in keep]}
+            del m
+    rf_b = fit_forest(X, y, n_trees=n_trees, seed=seed + 1, n_jobs=n_jobs, oob_score=False)
+    flat_noise = flatten_forest(rf_b)
+    del rf_b
+    return FactorialFit(
+        categories=list(cats),
+        empty_categories=empty,
+        names=list(names),
+        keep_cols=keep_cols,
+        flat_all=flat_all,
+        flat_without=flat_without,
+        flat_noise=flat_noise,
+        y_mean=float(y.mean()),
+        models=models,
+        model_all=model_all,
+    )
+
+
+def _check_pixels(fit: FactorialFit, X_pixels: np.ndarray, what: str = "X_pixels") -> np.ndarray:
+    Xa = np.asarray(X_pixels, dtype=np.float64)
+    if Xa.ndim != 2 or Xa.shape[1] != fit.n_features:
+        raise AttributionError(
+            f"{what}: shape {Xa.shape}; need (n_pixels, {fit.n_features}) with the columns of the "
+            f"sample ({', '.join(fit.names)})."
+        )
+    return Xa
+
+
+def factorial_predict(fit: FactorialFit, X_pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """RF_all and the signed contribution of every category for one block of pixels.
+
+    Pure per block: the result of a row depends only on that row, so blocks of
+    any size (e.g. Dask chunks) can be predicted independently.
+
+    Parameters
+    ----------
+    fit : FactorialFit
+        From :func:`factorial_fit`.
+    X_pixels : ndarray, shape (m, p)
+        Drivers at the pixels (columns in ``fit.names`` order, driver units).
+        Rows with a non-finite value get NaN outputs.
+
+    Returns
+    -------
+    dict
+        ``rf_all`` ndarray (m,) RF_all prediction (target units); ``actcon``
+        ndarray (k, m) RF_all − RF_without_g (target units), in
+        ``fit.categories`` order.
+    """
+    Xa = _check_pixels(fit, X_pixels)
+    pred_all = predict_forest(fit.flat_all, Xa)
+    actcon = np.empty((len(fit.categories), Xa.shape[0]))
+    for g, cat in enumerate(fit.categories):
+        flat = fit.flat_without[cat]
+        if flat is None:
+            pred = np.where(np.isfinite(pred_all), fit.y_mean, np.nan)
+        else:
+            pred = predict_forest(flat, Xa[:, fit.keep_cols[cat]])
+        actcon[g] = pred_all - pred
+    return {"rf_all": pred_all, "actcon": actcon}
+
+
+def noise_pixel_index(finite_index: np.ndarray, noise_pixels: int | None, seed: int) -> np.ndarray:
+    """The pixels on which :func:`factorial` estimates the noise floor.
+
+    Parameters
+    ----------
+    finite_index : ndarray of int, shape (n_finite,)
+        Ascending indices (e.g. flat indices into the list of analysed
+        pixels) of the pixels with a finite RF_all prediction.
+    noise_pixels : int or None
+        Pixels wanted; None (or ``n_finite ≤ noise_pixels``) = all of them.
+    seed : int
+        The factorial ``seed`` (``numpy.random.default_rng(seed)``).
+
+    Returns
+    -------
+    ndarray of int, shape (min(n_finite, noise_pixels),)
+        Sorted subset of ``finite_index`` (the same one :func:`factorial` uses).
+    """
+    finite_index = np.asarray(finite_index)
+    if noise_pixels is not None and finite_index.size > noise_pixels:
+        return np.sort(np.random.default_rng(seed).choice(finite_index, size=int(noise_pixels), replace=False))
+    return finite_index
+
+
+def noise_floor(fit: FactorialFit, X_pixels: np.ndarray, rf_all: np.ndarray | None = None) -> float:
+    """Seed-to-seed noise floor of RF_all over the given pixels.
+
+    Parameters
+    ----------
+    fit : FactorialFit
+    X_pixels : ndarray, shape (m, p)
+        Drivers at the chosen pixels (see :func:`noise_pixel_index`); rows
+        with a non-finite value are ignored.
+    rf_all : ndarray, shape (m,), optional
+        RF_all at these pixels if already predicted (saves one prediction).
+
+    Returns
+    -------
+    float
+        95th percentile of |RF_all(seed) − RF_all(seed+1)| (target units);
+        NaN when no pixel is finite.
+    """
+    Xa = _check_pixels(fit, X_pixels)
+    if rf_all is None:
+        rf_all = predict_forest(fit.flat_all, Xa)
+    rf_all = np.asarray(rf_all, dtype=np.float64)
+    if rf_all.shape != (Xa.shape[0],):
+        raise AttributionError(f"rf_all: shape {rf_all.shape}; need ({Xa.shape[0]},), one value per row of X_pixels.")
+    ok = np.isfinite(rf_all)
+    if not ok.all():
+        Xa, rf_all = Xa[ok], rf_all[ok]
+    if rf_all.size == 0:
+        return float("nan")
+    diff = np.abs(rf_all - predict_forest(fit.flat_noise, Xa))
+    return float(np.percentile(diff, 95))
+
+
+def relative_contributions(
+    actcon: np.ndarray, noise_floor: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Relative contributions and the undetermined mask from signed contributions.
+
+    Parameters
+    ----------
+    actcon : ndarray, shape (k, ...)
+        Signed contributions RF_all − RF_without_g (target units).
+    noise_floor : float
+        From :func:`noise_floor` (NaN = no floor, only Σ = 0 is undetermined).
+
+    Returns
+    -------
+    relcon : ndarray, shape (k, ...)
+        |ActCon_g| / Σ|ActCon| · 100 (percent; NaN where the sum is 0 or undefined).
+    sum_abs : ndarray, shape (...)
+        Σ|ActCon| (target units).
+    undetermined : ndarray of bool, shape (...)
+        Σ|ActCon| finite and below ``noise_floor`` or 0.
+    """
+    actcon = np.asarray(actcon, dtype=np.float64)
+    sum_abs = np.abs(actcon).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relcon = np.where(sum_abs > 0, np.abs(actcon) / sum_abs * 100.0, np.nan)
+        undetermined = np.isfinite(sum_abs) & ((sum_abs < noise_floor) | (sum_abs == 0))
+    return relcon, sum_abs, undetermined
+
+
 def factorial(
     X_sample: np.ndarray,
     y_sample: np.ndarray,
@@ -564,6 +835,10 @@ def factorial(
     keep_model: bool = False,
 ) -> dict:
     """Factorial experiments: RF with all drivers vs RF without each category.
+
+    In-memory composition of :func:`factorial_fit`, :func:`factorial_predict`,
+    :func:`noise_pixel_index`, :func:`noise_floor` and
+    :func:`relative_contributions` (use those for chunked execution).
 
     Parameters
     ----------
@@ -601,62 +876,31 @@ def factorial(
         ``undetermined`` bool (m,) where Σ|ActCon| < noise floor or = 0;
         ``models`` {"all" | "without_<g>": {"oob_r2", "drivers"}}.
     """
-    X, y, names = _check_xy(X_sample, y_sample, names)
+    n_cols = np.shape(X_sample)[1] if np.ndim(X_sample) == 2 else None
     Xa = np.asarray(X_all_pixels, dtype=np.float64)
-    if Xa.ndim != 2 or Xa.shape[1] != X.shape[1]:
+    if n_cols is not None and (Xa.ndim != 2 or Xa.shape[1] != n_cols):
         raise AttributionError(
-            f"X_all_pixels: shape {Xa.shape}; need (n_pixels, {X.shape[1]}) with the columns of X_sample."
+            f"X_all_pixels: shape {Xa.shape}; need (n_pixels, {n_cols}) with the columns of X_sample."
         )
-    cats, empty = _resolve_categories(names, categories)
-    if not cats:
-        raise AttributionError("categories: no category has a driver present; nothing to attribute.")
-    all_cols = np.arange(X.shape[1])
-    models: dict[str, dict] = {}
-    rf_all = fit_forest(X, y, n_trees=n_trees, seed=seed, n_jobs=n_jobs)
-    pred_all = predict_forest(rf_all, Xa)
-    models["all"] = {"oob_r2": float(rf_all.oob_score_), "drivers": list(names)}
-    model_all = rf_all if keep_model else None
-    del rf_all
-    k = len(cats)
-    actcon = np.empty((k, Xa.shape[0]))
-    for g, (cat, cols) in enumerate(cats.items()):
-        keep = np.setdiff1d(all_cols, cols)
-        if keep.size == 0:
-            # without its only category the model knows nothing: predict the sample mean
-            pred = np.where(np.isfinite(pred_all), y.mean(), np.nan)
-            models[f"without_{cat}"] = {"oob_r2": 0.0, "drivers": []}
-        else:
-            m = fit_forest(X[:, keep], y, n_trees=n_trees, seed=seed, n_jobs=n_jobs)
-            pred = predict_forest(m, Xa[:, keep])
-            models[f"without_{cat}"] = {"oob_r2": float(m.oob_score_), "drivers": [names[j] for j in keep]}
-            del m
-        actcon[g] = pred_all - pred
-    # seed-to-seed noise of RF_all
-    rf_b = fit_forest(X, y, n_trees=n_trees, seed=seed + 1, n_jobs=n_jobs, oob_score=False)
-    finite = np.flatnonzero(np.isfinite(pred_all))
-    if noise_pixels is not None and finite.size > noise_pixels:
-        finite = np.sort(np.random.default_rng(seed).choice(finite, size=int(noise_pixels), replace=False))
-    if finite.size:
-        diff = np.abs(pred_all[finite] - predict_forest(rf_b, Xa[finite]))
-        noise = float(np.percentile(diff, 95))
-    else:
-        noise = float("nan")
-    del rf_b
-    sum_abs = np.abs(actcon).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        relcon = np.where(sum_abs > 0, np.abs(actcon) / sum_abs * 100.0, np.nan)
-        undetermined = np.isfinite(sum_abs) & ((sum_abs < noise) | (sum_abs == 0))
+    fit = factorial_fit(
+        X_sample, y_sample, names, categories, n_trees=n_trees, seed=seed, n_jobs=n_jobs, keep_model=keep_model
+    )
+    pred = factorial_predict(fit, Xa)
+    pred_all, actcon = pred["rf_all"], pred["actcon"]
+    idx = noise_pixel_index(np.flatnonzero(np.isfinite(pred_all)), noise_pixels, seed)
+    noise = noise_floor(fit, Xa[idx], rf_all=pred_all[idx])
+    relcon, sum_abs, undetermined = relative_contributions(actcon, noise)
     return {
-        "categories": list(cats),
-        "empty_categories": empty,
+        "categories": list(fit.categories),
+        "empty_categories": list(fit.empty_categories),
         "actcon": actcon,
         "relcon": relcon,
         "sum_abs": sum_abs,
         "rf_all": pred_all,
         "noise_floor": noise,
         "undetermined": undetermined,
-        "models": models,
-        **({"model_all": model_all} if keep_model else {}),
+        "models": fit.models,
+        **({"model_all": fit.model_all} if keep_model else {}),
     }
 
 

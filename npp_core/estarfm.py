@@ -9,7 +9,7 @@ three deliberate differences: NaN / ``nodata`` pixels are honoured in every
 image, the valid range is a parameter (NDVI needs ``(-1, 1)``), and the image
 is processed as a whole (no 500 × 500 blocks, so no seams; tiles with a
 ``window // 2`` halo reproduce the whole-image result when they are given the
-whole image's :func:`similarity_thresholds`).
+whole image's :func:`similarity_thresholds` or :func:`series_thresholds`).
 
 Public API
 ----------
@@ -17,29 +17,45 @@ Public API
 - :func:`fuse_series` — a coarse time series, each date predicted from its
   bracketing fine pair; the search for similar pixels is done once per pair;
 - :func:`monthly_composite` — 16-day (or any) series to calendar months;
-- :func:`similarity_thresholds` — the global similarity thresholds (for tiling).
+- :func:`similarity_thresholds` — the global similarity thresholds (for tiling);
+- :func:`series_thresholds` — the same for every pair a series uses (tiling
+  ``fuse_series``).
 
 Design of the kernel
 --------------------
 Everything except C0 depends only on the fine pair: validity, spectral
 similarity R, the similar pixels of each centre pixel, their weights, the
-conversion coefficient V. The compiled kernel (numba, ``prange`` over rows)
-visits the window of each centre pixel once, keeps the similar pixels in a
-per-row buffer (no ``pixels × window²`` arrays) and then, for every
-prediction date of the pair at once, accumulates Σ weight·C0. A date whose C0
-has a missing pixel inside the window (where the pair itself is valid)
-changes the similar-pixel set; such (pixel, date) cases are recomputed alone
-with the date's own validity, so a series gives exactly the numbers of
-date-by-date :func:`fuse`. Window means of the coarse images (temporal
-weights) use direct sums over the truncated window, separably, which makes
-them independent of tiling to the last bit.
+conversion coefficient V. The compiled kernel (numba) visits the window of a
+centre pixel once for the weights and regression sums, then takes the
+weighted sums Σ weight·C0 of every prediction date of the pair (and Σ
+weight·C1, Σ weight·C2) at once. A date whose C0 has a missing pixel inside
+the window (where the pair itself is valid) changes the similar-pixel set;
+such (pixel, date) cases are recomputed alone with the date's own validity,
+so a series gives the numbers of date-by-date :func:`fuse`.
+
+Single band (NDVI), the common case, uses a planar layout (one contiguous
+array per quantity, C0 date-major): every window pixel is visited along image
+rows, masked and branch-free, so the loops vectorise; window rows are padded
+to multiples of 8 pixels. Two centres of one image column share the reads of
+the C0 planes, and a block of centres keeps its weights in cache while all
+dates are summed. Pairs of rows go to the threads one at a time (dynamic
+chunks), so a basin mask that leaves rows very unequal does not idle a core.
+The reduction loops use fast-math ``reassoc``/``contract`` only (sums
+reordered, no NaN/Inf assumptions): results agree with a sequential
+summation to ~1e-14, and each centre's arithmetic depends only on its window
+— never on its partner, block or tile — so tiles reproduce the whole image to
+the bit. Several bands use the pixel-major kernel with compacted lists of
+similar pixels. Window means of the coarse images (temporal weights) use
+direct sums over the truncated window, separably and in a fixed order, which
+makes them independent of tiling to the last bit.
 """
 from __future__ import annotations
 
 import datetime as _dt
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -48,6 +64,7 @@ __all__ = [
     "fuse",
     "fuse_series",
     "monthly_composite",
+    "series_thresholds",
     "similarity_thresholds",
 ]
 
@@ -206,38 +223,427 @@ def _spectral_similarity(f1: np.ndarray, f2: np.ndarray, c1: np.ndarray, c2: np.
 # compiled kernels
 # --------------------------------------------------------------------------- #
 @njit(parallel=True, cache=True, nogil=True)
-def _window_sum(a: np.ndarray, rows: int, cols: int, w: int) -> np.ndarray:  # pragma: no cover - numba
-    """Sum of each channel over the (2w+1)² window truncated at the edges.
+def _window_sum(a: np.ndarray, w: int) -> np.ndarray:  # pragma: no cover - numba
+    """Sum of each plane of ``a`` (m, rows, cols) over the (2w+1)² window truncated at the edges.
 
-    ``a`` is (rows*cols, m). Direct sums (first down the columns, then along
-    the rows) in a fixed order, so a pixel's result depends only on its window.
+    Direct sums, first down the columns (rows in ascending order) and then
+    along the row (columns in ascending order), each starting from 0.0: a
+    pixel's result depends only on its window, to the last bit (tiling-safe).
+    The loops run across columns, so they vectorise without reordering any sum.
     """
-    m = a.shape[1]
-    tmp = np.empty_like(a)
-    for r in prange(rows):
+    m, rows, cols = a.shape
+    out = np.empty_like(a)
+    for i in prange(m * rows):
+        k = i // rows
+        r = i - k * rows
         r0 = max(0, r - w)
         r1 = min(rows, r + w + 1)
-        s = np.empty(m)
+        tmp = np.zeros(cols)
+        for rr in range(r0, r1):
+            src = a[k, rr]
+            for c in range(cols):
+                tmp[c] += src[c]
+        o = out[k, r]
         for c in range(cols):
-            s[:] = 0.0
-            for rr in range(r0, r1):
-                p = rr * cols + c
-                for k in range(m):
-                    s[k] += a[p, k]
-            tmp[r * cols + c, :] = s
-    out = np.empty_like(a)
-    for r in prange(rows):
-        s = np.empty(m)
-        for c in range(cols):
-            c0 = max(0, c - w)
-            c1 = min(cols, c + w + 1)
-            s[:] = 0.0
-            for cc in range(c0, c1):
-                p = r * cols + cc
-                for k in range(m):
-                    s[k] += tmp[p, k]
-            out[r * cols + c, :] = s
+            o[c] = 0.0
+        for d in range(-w, w + 1):
+            # out[c] += tmp[c + d] for every c whose truncated window holds c + d
+            lo_c = max(0, -d)
+            hi_c = min(cols, cols - d)
+            if hi_c <= lo_c:
+                continue
+            dst = o[lo_c:hi_c]
+            src = tmp[lo_c + d:hi_c + d]
+            for c in range(hi_c - lo_c):
+                dst[c] += src[c]
     return out
+
+
+# fast-math flags of the reduction loops: reorder sums and fuse multiply-adds
+# only (no assumption about NaN / Inf, whose handling the kernel relies on)
+_FM = {"reassoc", "contract"}
+# padding (elements) around the planar arrays: window rows are processed in
+# whole multiples of 8 pixels, the pixels past the window masked out
+_PAD = 8
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _similar_sums_1(r, c, w, cols, r0, r1, c0, c1, F1, F2, X1, X2, OMR, ta, tb, dtab, wbuf, sums):  # pragma: no cover
+    """Weights and regression sums over the similar pixels of centre (r, c), single band.
+
+    The window is rows ``r0:r1``, columns ``c0:c1`` (truncated at the image
+    edges), processed in rows of ``m`` = (c1 - c0) rounded up to a multiple
+    of 8. A window pixel q is similar when |F1[q]-F1[p]| < ta and
+    |F2[q]-F2[p]| < tb (``F1``/``F2`` are NaN where q is not valid, which
+    fails the test). Its weight 1/((1-R)·d + 1e-7) goes to ``wbuf`` (rows of
+    ``m``, 0 for every other pixel) and ``sums`` gets Σw, Σdx1, Σdx2,
+    Σ(dy1+dy2), Σ(dx1²+dx2²), Σ(dx1·dy1+dx2·dy2), Σ(dy1²+dy2²), with dx, dy the
+    coarse / fine values minus the centre's C1 / F1. Returns the number of
+    similar pixels.
+
+    Every window pixel is visited (masked, branch-free) along image rows, so
+    the loop vectorises; its sums are reordered (fast-math ``reassoc`` and
+    ``contract`` only: NaN handling unchanged). The arithmetic depends only on
+    the window, so tiles with a halo reproduce the whole image to the bit.
+    """
+    win = 2 * w + 1
+    p = r * cols + c
+    wc = c1 - c0
+    m = ((wc + 7) >> 3) << 3
+    fa = F1[p]
+    fb = F2[p]
+    xc = X1[p]
+    cnt = 0.0
+    stot = 0.0
+    ux1 = 0.0
+    ux2 = 0.0
+    uy = 0.0
+    sxx = 0.0
+    sxy = 0.0
+    syy = 0.0
+    for rr in range(r0, r1):
+        # row slices indexed from 0 (no negative-index handling, so the loop vectorises)
+        base = rr * cols + c0
+        drow = (rr - r + w) * win + c0 - c + w
+        g1 = F1[base:base + m]
+        g2 = F2[base:base + m]
+        y1 = X1[base:base + m]
+        y2 = X2[base:base + m]
+        om = OMR[base:base + m]
+        dd = dtab[drow:drow + m]
+        wb = wbuf[(rr - r0) * m:(rr - r0 + 1) * m]
+        for i in range(m):
+            f1 = g1[i]
+            f2 = g2[i]
+            ok = (abs(f1 - fa) < ta) & (abs(f2 - fb) < tb) & (i < wc)
+            one = 1.0 if ok else 0.0
+            wj = one / (om[i] * dd[i] + 1e-7)
+            wb[i] = wj
+            cnt += one
+            stot += wj
+            dx1 = (y1[i] - xc) if ok else 0.0
+            dx2 = (y2[i] - xc) if ok else 0.0
+            dy1 = (f1 - fa) if ok else 0.0
+            dy2 = (f2 - fa) if ok else 0.0
+            ux1 += dx1
+            ux2 += dx2
+            uy += dy1 + dy2
+            sxx += dx1 * dx1 + dx2 * dx2
+            sxy += dx1 * dy1 + dx2 * dy2
+            syy += dy1 * dy1 + dy2 * dy2
+    sums[0] = stot
+    sums[1] = ux1
+    sums[2] = ux2
+    sums[3] = uy
+    sums[4] = sxx
+    sums[5] = sxy
+    sums[6] = syy
+    return int(cnt)
+
+
+@njit(cache=True, nogil=True, fastmath=_FM)
+def _plane_sums(m, cols, u, P, sel, ns, ra0, ra1, wba, acca, rb0, rb1, wbb, accb, zero):  # pragma: no cover
+    """Weighted window sums of planes of ``P`` for two centres of one image column at once.
+
+    acca[k] = Σ wba·P[sel[k]] over the window of centre a: rows ``ra0:ra1``,
+    columns ``u:u+m`` (``m`` weights per row in ``wba``, as written by
+    :func:`_similar_sums_1`, 0 past the window); likewise ``accb`` for centre
+    b, the centre below (rows ``rb0:rb1``, same columns). Every image row is
+    read once for both centres; a row outside a centre's window counts with
+    the weights ``zero`` (all 0), which leaves its sums unchanged to the bit,
+    so a centre's sums do not depend on its partner (give b = a for a single
+    centre). ``P`` holds finite planes (0 where not valid) followed by
+    ``_PAD`` elements. Four planes at a time, so each weight is loaded once
+    per four planes.
+    """
+    q0 = min(ra0, rb0)
+    q1 = max(ra1, rb1)
+    k = 0
+    while k < ns:
+        nk = min(4, ns - k)
+        # a short block repeats its last plane (same sum, stored twice)
+        i0 = sel[k]
+        i1 = sel[k + min(1, nk - 1)]
+        i2 = sel[k + min(2, nk - 1)]
+        i3 = sel[k + nk - 1]
+        sa0 = 0.0
+        sa1 = 0.0
+        sa2 = 0.0
+        sa3 = 0.0
+        sb0 = 0.0
+        sb1 = 0.0
+        sb2 = 0.0
+        sb3 = 0.0
+        for rr in range(q0, q1):
+            if ra0 <= rr < ra1:
+                wa = wba[(rr - ra0) * m:(rr - ra0 + 1) * m]
+            else:
+                wa = zero[:m]
+            if rb0 <= rr < rb1:
+                wb = wbb[(rr - rb0) * m:(rr - rb0 + 1) * m]
+            else:
+                wb = zero[:m]
+            base = rr * cols + u
+            y0 = P[i0, base:base + m]
+            y1 = P[i1, base:base + m]
+            y2 = P[i2, base:base + m]
+            y3 = P[i3, base:base + m]
+            for i in range(m):
+                sa0 += wa[i] * y0[i]
+                sa1 += wa[i] * y1[i]
+                sa2 += wa[i] * y2[i]
+                sa3 += wa[i] * y3[i]
+                sb0 += wb[i] * y0[i]
+                sb1 += wb[i] * y1[i]
+                sb2 += wb[i] * y2[i]
+                sb3 += wb[i] * y3[i]
+        acca[k] = sa0
+        acca[k + min(1, nk - 1)] = sa1
+        acca[k + min(2, nk - 1)] = sa2
+        acca[k + nk - 1] = sa3
+        accb[k] = sb0
+        accb[k + min(1, nk - 1)] = sb1
+        accb[k + min(2, nk - 1)] = sb2
+        accb[k + nk - 1] = sb3
+        k += nk
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _finish_pixel_1(
+    p, n, sums, acc, dates, nd, tsel, m0s, m1, m2, fa, fb, M0T, fcrit, lo, hi, change_thr,
+    r0, r1, m, cols, u, P, sel, wbuf, out,
+):  # pragma: no cover - numba
+    """Prediction of pixel ``p`` for ``dates[:nd]`` from its sums (single band).
+
+    ``acc[:nd]`` = Σw·C0 of the dates, ``acc[nd]``/``acc[nd+1]`` = Σw·C1,
+    Σw·C2 (needed only when ``n > 5``). Σw·F1, Σw·F2 are summed here only
+    when a prediction falls outside (lo, hi). ``tsel >= 0``: the single date
+    ``tsel`` with its own window means ``m0s``, ``m1``, ``m2``.
+    """
+    nt = M0T.shape[0]
+    stot = sums[0]
+    if n > 5 and stot > 0.0 and np.isfinite(stot):
+        wc1 = acc[nd]
+        wc2 = acc[nd + 1]
+        ux1 = sums[1]
+        ux2 = sums[2]
+        uy = sums[3]
+        sxx = sums[4]
+        sxy = sums[5]
+        syy = sums[6]
+        nn = 2.0 * n
+        v = 1.0
+        change = abs(ux1 - ux2) / n
+        if change >= change_thr:
+            sx = ux1 + ux2
+            sxx_c = sxx - sx * sx / nn
+            sxy_c = sxy - sx * uy / nn
+            syy_c = syy - uy * uy / nn
+            if sxx_c > 0.0 and syy_c > 1e-12 * syy:
+                slope = sxy_c / sxx_c
+                r2 = sxy_c * sxy_c / (sxx_c * syy_c)
+                if r2 >= 1.0:
+                    fstat = np.inf
+                else:
+                    fstat = (nn - 2.0) * r2 / (1.0 - r2)
+                if fstat >= fcrit[2 * n - 2] and slope > 0.0 and slope <= 5.0:
+                    v = slope
+        wf1 = np.nan  # Σw·F1, Σw·F2: only for an out-of-range prediction (rare)
+        wf2 = np.nan
+        for d in range(nd):
+            t = dates[d]
+            m0 = m0s if tsel >= 0 else M0T[t, p]
+            d1 = abs(m0 - m1) + 1e-10
+            d2 = abs(m0 - m2) + 1e-10
+            t1 = (1.0 / d1) / (1.0 / d1 + 1.0 / d2)
+            t2 = (1.0 / d2) / (1.0 / d1 + 1.0 / d2)
+            p1 = fa + v * (acc[d] - wc1) / stot
+            p2 = fb + v * (acc[d] - wc2) / stot
+            pred = t1 * p1 + t2 * p2
+            if pred <= lo or pred >= hi:
+                if np.isnan(wf1):
+                    s2 = sel[nd + 2:]
+                    a2 = acc[nd + 2:]
+                    s2[0] = nt + 3
+                    s2[1] = nt + 4
+                    _plane_sums(m, cols, u, P, s2, 2, r0, r1, wbuf, a2, r0, r1, wbuf, a2, wbuf)
+                    wf1 = a2[0]
+                    wf2 = a2[1]
+                pred = t1 * (wf1 / stot) + t2 * (wf2 / stot)
+            out[t, p] = pred
+    else:
+        for d in range(nd):
+            t = dates[d]
+            m0 = m0s if tsel >= 0 else M0T[t, p]
+            e1 = m0 - m1 + 1e-10
+            e2 = m0 - m2 + 1e-10
+            a1 = abs(e1)
+            a2_ = abs(e2)
+            t1 = (1.0 / a1) / (1.0 / a1 + 1.0 / a2_)
+            t2 = (1.0 / a2_) / (1.0 / a1 + 1.0 / a2_)
+            out[t, p] = t1 * (fa + e1) + t2 * (fb + e2)
+
+
+@njit(cache=True, nogil=True)
+def _needs_planes(n, sums):  # pragma: no cover - numba
+    """True when the pixel takes the similar-pixel branch (and so needs Σw·C sums)."""
+    return n > 5 and sums[0] > 0.0 and np.isfinite(sums[0])
+
+
+# centres handled as a block of _BLOCK columns × 2 rows: their weights stay in
+# cache while the plane sums of every date are taken for the whole block
+_BLOCK = 4
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def _fuse_kernel_1(
+    rows, cols, w, F1, F2, FT1, FT2, tmap, OMR, vb, P, V0T, M0T, M1, M2, dirty, ta, tb, dtab, fcrit,
+    lo, hi, change_thr, out,
+):  # pragma: no cover - numba
+    """Fill ``out`` (n_dates, rows*cols), single band, planar inputs; pairs of rows in parallel.
+
+    Planes of ``P``: 0..nt-1 C0, nt C1, nt+1 C2, nt+2 count, nt+3 F1, nt+4 F2.
+    Two image rows are done together in blocks of ``_BLOCK`` columns: first
+    the weights of every centre of the block (kept), then the plane sums four
+    planes at a time, the two centres of a column together (they share the
+    plane data), then the predictions. A (pixel, date) whose C0 is missing
+    somewhere in the window where the pair is valid is recomputed alone with
+    ``FT1``/``FT2`` row ``tmap[t]`` (F1/F2 also masked by that C0) and its
+    own window means. Row pairs are handed out one at a time (see
+    :func:`_fuse_pair_1`), so the threads stay busy when the valid pixels are
+    unevenly spread over the rows.
+    """
+    nt = M0T.shape[0]
+    win = 2 * w + 1
+    X1 = P[nt]
+    X2 = P[nt + 1]
+    ns = nt + 2
+    for rp in prange((rows + 1) // 2):
+        nbuf = 2 * _BLOCK
+        wst = np.empty((nbuf, win * (win + 8)))
+        sst = np.empty((nbuf, 8))
+        ast = np.empty((nbuf, nt + 4))
+        nst = np.empty(nbuf, np.int64)
+        ust = np.empty(nbuf, np.int64)
+        mst = np.empty(nbuf, np.int64)
+        rlo = np.empty(nbuf, np.int64)
+        rhi = np.empty(nbuf, np.int64)
+        state = np.empty(nbuf, np.int64)  # 0 done, 1 clean without plane sums, 2 clean with plane sums
+        zero = np.zeros(win + 8)
+        wba = np.empty(win * (win + 8))
+        sa = np.empty(8)
+        acca = np.empty(nt + 4)
+        sel = np.empty(nt + 4, np.int64)
+        dates = np.empty(nt, np.int64)
+        alld = np.arange(nt)
+        one = np.empty(1, np.int64)
+        for cb in range(0, cols, _BLOCK):
+            nbk = min(cols, cb + _BLOCK) - cb
+            # ---- weights of the clean centres; the others are done here alone
+            for h in range(2):
+                r = 2 * rp + h
+                r0 = max(0, r - w)
+                r1 = min(rows, r + w + 1)
+                for j in range(nbk):
+                    s = h * _BLOCK + j
+                    state[s] = 0
+                    if r >= rows:
+                        continue
+                    c = cb + j
+                    p = r * cols + c
+                    if not vb[p]:
+                        for t in range(nt):
+                            out[t, p] = np.nan
+                        continue
+                    ca0 = max(0, c - w)
+                    ca1 = min(cols, c + w + 1)
+                    ma = ((ca1 - ca0 + 7) >> 3) << 3
+                    nd = 0
+                    for t in range(nt):
+                        if not dirty[t, p]:
+                            dates[nd] = t
+                            nd += 1
+                    if nd == nt:
+                        n = _similar_sums_1(r, c, w, cols, r0, r1, ca0, ca1, F1, F2, X1, X2, OMR, ta, tb, dtab,
+                                            wst[s], sst[s])
+                        nst[s] = n
+                        ust[s] = ca0
+                        mst[s] = ma
+                        rlo[s] = r0
+                        rhi[s] = r1
+                        state[s] = 2 if _needs_planes(n, sst[s]) else 1
+                        continue
+                    if nd > 0:
+                        na = _similar_sums_1(r, c, w, cols, r0, r1, ca0, ca1, F1, F2, X1, X2, OMR, ta, tb, dtab,
+                                             wba, sa)
+                        if _needs_planes(na, sa):
+                            for d in range(nd):
+                                sel[d] = dates[d]
+                            sel[nd] = nt
+                            sel[nd + 1] = nt + 1
+                            _plane_sums(ma, cols, ca0, P, sel, nd + 2, r0, r1, wba, acca, r0, r1, wba, acca, zero)
+                        _finish_pixel_1(p, na, sa, acca, dates, nd, -1, 0.0, M1[p], M2[p], F1[p], F2[p], M0T,
+                                        fcrit, lo, hi, change_thr, r0, r1, ma, cols, ca0, P, sel, wba, out)
+                    for t in range(nt):
+                        if not dirty[t, p]:
+                            continue
+                        if not V0T[t, p]:
+                            out[t, p] = np.nan
+                            continue
+                        # window means over the pixels valid for this date, in window order
+                        s0 = 0.0
+                        s1 = 0.0
+                        s2 = 0.0
+                        cnt = 0
+                        for rr in range(r0, r1):
+                            for cc in range(ca0, ca1):
+                                q = rr * cols + cc
+                                if V0T[t, q]:
+                                    cnt += 1
+                                    s0 += P[t, q]
+                                    s1 += X1[q]
+                                    s2 += X2[q]
+                        k = tmap[t]
+                        na = _similar_sums_1(r, c, w, cols, r0, r1, ca0, ca1, FT1[k], FT2[k], X1, X2, OMR, ta, tb,
+                                             dtab, wba, sa)
+                        one[0] = t
+                        if _needs_planes(na, sa):
+                            sel[0] = t
+                            sel[1] = nt
+                            sel[2] = nt + 1
+                            _plane_sums(ma, cols, ca0, P, sel, 3, r0, r1, wba, acca, r0, r1, wba, acca, zero)
+                        _finish_pixel_1(p, na, sa, acca, one, 1, t, s0 / cnt, s1 / cnt, s2 / cnt, F1[p], F2[p],
+                                        M0T, fcrit, lo, hi, change_thr, r0, r1, ma, cols, ca0, P, sel, wba, out)
+            # ---- plane sums (every date, C1, C2) of the clean centres, a column's two centres together
+            for t in range(nt):
+                sel[t] = t
+            sel[nt] = nt
+            sel[nt + 1] = nt + 1
+            for g in range(0, ns, 4):
+                gk = min(4, ns - g)
+                sg = sel[g:]
+                for j in range(nbk):
+                    a = j
+                    b = _BLOCK + j
+                    if state[a] == 2 and state[b] == 2:
+                        _plane_sums(mst[a], cols, ust[a], P, sg, gk, rlo[a], rhi[a], wst[a], ast[a, g:], rlo[b],
+                                    rhi[b], wst[b], ast[b, g:], zero)
+                    elif state[a] == 2:
+                        _plane_sums(mst[a], cols, ust[a], P, sg, gk, rlo[a], rhi[a], wst[a], ast[a, g:], rlo[a],
+                                    rhi[a], wst[a], ast[a, g:], zero)
+                    elif state[b] == 2:
+                        _plane_sums(mst[b], cols, ust[b], P, sg, gk, rlo[b], rhi[b], wst[b], ast[b, g:], rlo[b],
+                                    rhi[b], wst[b], ast[b, g:], zero)
+            # ---- predictions of the clean centres
+            for h in range(2):
+                for j in range(nbk):
+                    s = h * _BLOCK + j
+                    if state[s] == 0:
+                        continue
+                    p = (2 * rp + h) * cols + cb + j
+                    _finish_pixel_1(p, nst[s], sst[s], ast[s], alld, nt, -1, 0.0, M1[p], M2[p], F1[p], F2[p], M0T,
+                                    fcrit, lo, hi, change_thr, rlo[s], rhi[s], mst[s], cols, ust[s], P, sel, wst[s],
+                                    out)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -410,190 +816,17 @@ def _predict_pixel(
                 out[t, b, p] = t1 * (F[p, b] + e1) + t2 * (F[p, nb + b] + e2)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _predict_pixel_1(
-    r, c, rows, cols, w, dates, nd, tsel, F, C12, OMR, vb, C0, V0, M0, M12,
-    th, dtab, fcrit, lo, hi, change_thr, idx, didx, inv, acc, out,
-):  # pragma: no cover - numba
-    """Single-band version of :func:`_predict_pixel` with register accumulators.
-
-    Same arithmetic, in the same order, as the multi-band version; kept apart
-    only for speed (NDVI is the common case).
-    """
-    win = 2 * w + 1
-    p = r * cols + c
-    if tsel >= 0 and not V0[p, tsel]:
-        out[tsel, 0, p] = np.nan
-        return
-    r0 = max(0, r - w)
-    r1 = min(rows, r + w + 1)
-    c0 = max(0, c - w)
-    c1 = min(cols, c + w + 1)
-    fa = F[p, 0]
-    fb = F[p, 1]
-    ta = th[0]
-    tb = th[1]
-    n = 0
-    if tsel < 0:
-        for rr in range(r0, r1):
-            base = rr * cols
-            doff = (rr - r + w) * win - c + w
-            for cc in range(c0, c1):
-                q = base + cc
-                ok = (abs(F[q, 0] - fa) < ta) & (abs(F[q, 1] - fb) < tb)
-                idx[n] = q
-                didx[n] = doff + cc
-                n += ok
-        m1 = M12[p, 0]
-        m2 = M12[p, 1]
-        m0s = 0.0
-    else:
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        cnt = 0
-        for rr in range(r0, r1):
-            base = rr * cols
-            doff = (rr - r + w) * win - c + w
-            for cc in range(c0, c1):
-                q = base + cc
-                v = V0[q, tsel]
-                ok = (abs(F[q, 0] - fa) < ta) & (abs(F[q, 1] - fb) < tb) & v
-                idx[n] = q
-                didx[n] = doff + cc
-                n += ok
-                if v:
-                    cnt += 1
-                    s0 += C0[q, tsel]
-                    s1 += C12[q, 0]
-                    s2 += C12[q, 1]
-        m0s = s0 / cnt
-        m1 = s1 / cnt
-        m2 = s2 / cnt
-
-    stot = 0.0
-    wf1 = 0.0
-    wf2 = 0.0
-    wc1 = 0.0
-    wc2 = 0.0
-    ux1 = 0.0
-    ux2 = 0.0
-    uy = 0.0
-    sxx = 0.0
-    sxy = 0.0
-    syy = 0.0
-    a0 = 0.0
-    if n > 5:
-        xc = C12[p, 0]
-        single = nd == 1
-        col0 = tsel if tsel >= 0 else dates[0]
-        for j in range(n):
-            q = idx[j]
-            wj = 1.0 / (OMR[q] * dtab[didx[j]] + 1e-7)
-            inv[j] = wj
-            f1 = F[q, 0]
-            f2 = F[q, 1]
-            x1 = C12[q, 0]
-            x2 = C12[q, 1]
-            stot += wj
-            wf1 += wj * f1
-            wf2 += wj * f2
-            wc1 += wj * x1
-            wc2 += wj * x2
-            dx1 = x1 - xc
-            dx2 = x2 - xc
-            dy1 = f1 - fa
-            dy2 = f2 - fa
-            ux1 += dx1
-            ux2 += dx2
-            uy += dy1 + dy2
-            sxx += dx1 * dx1 + dx2 * dx2
-            sxy += dx1 * dy1 + dx2 * dy2
-            syy += dy1 * dy1 + dy2 * dy2
-            if single:
-                a0 += wj * C0[q, col0]
-        if not single:
-            for k in range(nd):
-                acc[k] = 0.0
-            if nd == C0.shape[1]:
-                for j in range(n):
-                    q = idx[j]
-                    wj = inv[j]
-                    for k in range(nd):
-                        acc[k] += wj * C0[q, k]
-            else:
-                for j in range(n):
-                    q = idx[j]
-                    wj = inv[j]
-                    for k in range(nd):
-                        acc[k] += wj * C0[q, dates[k]]
-        else:
-            acc[0] = a0
-
-    if n > 5 and stot > 0.0 and np.isfinite(stot):
-        nn = 2.0 * n
-        v = 1.0
-        change = abs(ux1 - ux2) / n
-        if change >= change_thr:
-            sx = ux1 + ux2
-            sxx_c = sxx - sx * sx / nn
-            sxy_c = sxy - sx * uy / nn
-            syy_c = syy - uy * uy / nn
-            if sxx_c > 0.0 and syy_c > 1e-12 * syy:
-                slope = sxy_c / sxx_c
-                r2 = sxy_c * sxy_c / (sxx_c * syy_c)
-                if r2 >= 1.0:
-                    fstat = np.inf
-                else:
-                    fstat = (nn - 2.0) * r2 / (1.0 - r2)
-                if fstat >= fcrit[2 * n - 2] and slope > 0.0 and slope <= 5.0:
-                    v = slope
-        for d in range(nd):
-            if tsel >= 0:
-                t = tsel
-                m0 = m0s
-            else:
-                t = dates[d]
-                m0 = M0[p, t]
-            d1 = abs(m0 - m1) + 1e-10
-            d2 = abs(m0 - m2) + 1e-10
-            t1 = (1.0 / d1) / (1.0 / d1 + 1.0 / d2)
-            t2 = (1.0 / d2) / (1.0 / d1 + 1.0 / d2)
-            p1 = fa + v * (acc[d] - wc1) / stot
-            p2 = fb + v * (acc[d] - wc2) / stot
-            pred = t1 * p1 + t2 * p2
-            if pred <= lo or pred >= hi:
-                pred = t1 * (wf1 / stot) + t2 * (wf2 / stot)
-            out[t, 0, p] = pred
-    else:
-        for d in range(nd):
-            if tsel >= 0:
-                t = tsel
-                m0 = m0s
-            else:
-                t = dates[d]
-                m0 = M0[p, t]
-            e1 = m0 - m1 + 1e-10
-            e2 = m0 - m2 + 1e-10
-            a1 = abs(e1)
-            a2 = abs(e2)
-            t1 = (1.0 / a1) / (1.0 / a1 + 1.0 / a2)
-            t2 = (1.0 / a2) / (1.0 / a1 + 1.0 / a2)
-            out[t, 0, p] = t1 * (fa + e1) + t2 * (fb + e2)
-
-
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def _fuse_kernel(
     rows, cols, w, F, C12, OMR, vb, C0, V0, M0, M12, dirty, th, dtab, fcrit, lo, hi, change_thr, out,
 ):  # pragma: no cover - numba
-    """Fill ``out`` (n_dates, bands, rows*cols) for every pixel; rows in parallel."""
+    """Fill ``out`` (n_dates, bands, rows*cols) for every pixel, several bands; rows in parallel."""
     nt = dirty.shape[1]
     nb = out.shape[1]
     win = 2 * w + 1
     for r in prange(rows):
         idx = np.empty(win * win, np.int64)
         didx = np.empty(win * win, np.int64)
-        inv = np.empty(win * win, np.float64)
         wk = np.empty((13, nb))
         acc = np.empty(nt * nb)
         dates = np.empty(nt, np.int64)
@@ -611,27 +844,25 @@ def _fuse_kernel(
                     dates[nd] = t
                     nd += 1
             if nd > 0:
-                if nb == 1:
-                    _predict_pixel_1(r, c, rows, cols, w, dates[:nd], nd, -1, F, C12, OMR, vb, C0, V0, M0, M12,
-                                     th, dtab, fcrit, lo, hi, change_thr, idx, didx, inv, acc, out)
-                else:
-                    _predict_pixel(r, c, rows, cols, w, dates[:nd], nd, -1, F, C12, OMR, vb, C0, V0, M0, M12,
-                                   th, dtab, fcrit, lo, hi, change_thr, idx, didx, wk, acc, out)
+                _predict_pixel(r, c, rows, cols, w, dates[:nd], nd, -1, F, C12, OMR, vb, C0, V0, M0, M12,
+                               th, dtab, fcrit, lo, hi, change_thr, idx, didx, wk, acc, out)
             if nd < nt:
                 for t in range(nt):
                     if dirty[p, t]:
                         one[0] = t
-                        if nb == 1:
-                            _predict_pixel_1(r, c, rows, cols, w, one, 1, t, F, C12, OMR, vb, C0, V0, M0, M12,
-                                             th, dtab, fcrit, lo, hi, change_thr, idx, didx, inv, acc, out)
-                        else:
-                            _predict_pixel(r, c, rows, cols, w, one, 1, t, F, C12, OMR, vb, C0, V0, M0, M12,
-                                           th, dtab, fcrit, lo, hi, change_thr, idx, didx, wk, acc, out)
+                        _predict_pixel(r, c, rows, cols, w, one, 1, t, F, C12, OMR, vb, C0, V0, M0, M12,
+                                       th, dtab, fcrit, lo, hi, change_thr, idx, didx, wk, acc, out)
 
 
 # --------------------------------------------------------------------------- #
 # the pair driver shared by fuse and fuse_series
 # --------------------------------------------------------------------------- #
+# rows (row pairs in the single-band kernel) handed to a thread at a time:
+# small, so that rows of very unequal work (a basin mask leaves some rows
+# empty) balance over the threads
+_ROW_CHUNK = 1
+
+
 def _fuse_pair(
     f1: np.ndarray,
     c1: np.ndarray,
@@ -649,6 +880,8 @@ def _fuse_pair(
     Returns (n_dates, bands, rows, cols) float64.
     """
     nb, rows, cols = f1.shape
+    if nb == 1:
+        return _fuse_pair_1(f1[0], c1[0], f2[0], c2[0], [c0[0] for c0 in c0s], w=w, lo=lo, hi=hi, th=th)[:, None]
     npx = rows * cols
     nt = len(c0s)
     vb = (
@@ -680,7 +913,7 @@ def _fuse_pair(
         ],
         axis=1,
     )
-    sums = _window_sum(np.ascontiguousarray(chans), rows, cols, w)
+    sums = _window_sum(np.ascontiguousarray(chans.T).reshape(-1, rows, cols), w).reshape(-1, npx).T
     cnt = sums[:, nt * nb + 2 * nb][:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         M0 = np.ascontiguousarray(sums[:, : nt * nb] / cnt)
@@ -688,11 +921,89 @@ def _fuse_pair(
     dirty = np.ascontiguousarray(sums[:, nt * nb + 2 * nb + 1:] > 0.5)
     out = np.empty((nt, nb, npx))
     fcrit = _f_critical(2 * (2 * w + 1) ** 2)
-    _fuse_kernel(
-        rows, cols, w, F, C12, OMR, vb, C0, V0, M0, M12, dirty, np.asarray(th, np.float64),
-        _distance_table(w).ravel(), fcrit, lo, hi, 0.02 * hi, out,
-    )
+    with numba.parallel_chunksize(_ROW_CHUNK):
+        _fuse_kernel(
+            rows, cols, w, F, C12, OMR, vb, C0, V0, M0, M12, dirty, np.asarray(th, np.float64),
+            _distance_table(w).ravel(), fcrit, lo, hi, 0.02 * hi, out,
+        )
     return out.reshape(nt, nb, rows, cols)
+
+
+def _fuse_pair_1(
+    f1: np.ndarray,
+    c1: np.ndarray,
+    f2: np.ndarray,
+    c2: np.ndarray,
+    c0s: Sequence[np.ndarray],
+    *,
+    w: int,
+    lo: float,
+    hi: float,
+    th: np.ndarray,
+) -> np.ndarray:
+    """Single-band :func:`_fuse_pair`: images (rows, cols) float64 with NaN; returns (n_dates, rows, cols).
+
+    Planar layout (one contiguous array per quantity, C0 date-major, each
+    followed by ``_PAD`` elements) so that the window loops of the kernel run
+    along image rows and vectorise.
+    """
+    rows, cols = f1.shape
+    npx = rows * cols
+    nt = len(c0s)
+    vb = (np.isfinite(f1) & np.isfinite(f2) & np.isfinite(c1) & np.isfinite(c2)).ravel()
+    OMR = np.zeros(npx + _PAD)
+    OMR[:npx] = 1.0 - _spectral_similarity(f1[None], f2[None], c1[None], c2[None]).ravel()
+    OMR[:npx][~vb] = 0.0
+    F1 = np.full(npx + _PAD, np.nan)
+    F2 = np.full(npx + _PAD, np.nan)
+    F1[:npx][vb] = f1.ravel()[vb]
+    F2[:npx][vb] = f2.ravel()[vb]
+    # planes: C0 per date, C1, C2, count of valid pixels, F1, F2 (0 where not valid)
+    P = np.zeros((nt + 5, npx + _PAD))
+    for t, c0 in enumerate(c0s):
+        P[t, :npx] = c0.ravel()
+    V0T = np.isfinite(P[:nt, :npx])
+    V0T &= vb
+    P[:nt, :npx][~V0T] = 0.0
+    for k, a in ((nt, c1), (nt + 1, c2), (nt + 3, f1), (nt + 4, f2)):
+        P[k, :npx][vb] = a.ravel()[vb]
+    P[nt + 2, :npx] = vb
+    # window sums of the C0s, C1, C2 and the count (the temporal weights) and,
+    # for dates with a pixel valid for the pair but missing in C0, the count of
+    # such pixels (> 0: that pixel is recomputed alone for that date)
+    miss = [t for t in range(nt) if not np.array_equal(V0T[t], vb)]
+    planes = P[:nt + 3, :npx]
+    if miss:
+        planes = np.concatenate([planes, (vb & ~V0T[miss]).astype(np.float64)])
+    sums = _window_sum(np.ascontiguousarray(planes).reshape(-1, rows, cols), w).reshape(-1, npx)
+    cnt = sums[nt + 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        M0T = sums[:nt] / cnt
+        M1 = sums[nt] / cnt
+        M2 = sums[nt + 1] / cnt
+    dirty = np.zeros((nt, npx), dtype=np.bool_)
+    tmap = np.full(nt, -1, dtype=np.int64)
+    FT1 = np.empty((len(miss), npx + _PAD))
+    FT2 = np.empty((len(miss), npx + _PAD))
+    if miss:
+        dirty[miss] = sums[nt + 3:] > 0.5
+        for k, t in enumerate(miss):
+            tmap[t] = k
+            FT1[k] = F1
+            FT2[k] = F2
+            FT1[k, :npx][~V0T[t]] = np.nan
+            FT2[k, :npx][~V0T[t]] = np.nan
+    dtab = np.ones((2 * w + 1) ** 2 + 2 * (2 * w + 1) + _PAD)
+    dtab[:(2 * w + 1) ** 2] = _distance_table(w).ravel()
+    out = np.empty((nt, npx))
+    fcrit = _f_critical(2 * (2 * w + 1) ** 2)
+    th = np.asarray(th, np.float64)
+    with numba.parallel_chunksize(_ROW_CHUNK):
+        _fuse_kernel_1(
+            rows, cols, w, F1, F2, FT1, FT2, tmap, OMR, vb, P, V0T, M0T, M1, M2, dirty,
+            float(th[0]), float(th[1]), dtab, fcrit, lo, hi, 0.02 * hi, out,
+        )
+    return out.reshape(nt, rows, cols)
 
 
 # --------------------------------------------------------------------------- #
@@ -805,6 +1116,122 @@ def _choose_pair(t0: _dt.date, fd: list[_dt.date], extrapolate: bool) -> tuple[i
     return len(fd) - 2, len(fd) - 1, True
 
 
+def _plan_series(
+    fd: list[_dt.date], cd: list[_dt.date], max_pair_gap_days: int, extrapolate: bool
+) -> tuple[dict[int, int], dict[tuple[int, int], list[int]], list[dict]]:
+    """Coarse partner of every fine image, coarse dates grouped by fine pair, and the info records.
+
+    Returns ``partner`` (fine index -> coarse index), ``groups`` ((i1, i2)
+    fine indices, i1 the earlier date -> coarse indices predicted from that
+    pair) and ``info`` (one dict per coarse date, without ``nodata_pixels``).
+    """
+    partner: dict[int, int] = {}
+    for i, d in enumerate(fd):
+        gaps = [(abs((c - d).days), c, j) for j, c in enumerate(cd)]
+        gaps = [g for g in gaps if g[0] <= max_pair_gap_days]
+        if not gaps:
+            raise EstarfmError(
+                f"fine image of {d.isoformat()} has no coarse image within {max_pair_gap_days} days: add the "
+                "coarse image of that date, raise max_pair_gap_days, or drop that fine image."
+            )
+        partner[i] = min(gaps)[2]
+    order = sorted(range(len(fd)), key=lambda i: fd[i])
+    sfd = [fd[i] for i in order]
+    groups: dict[tuple[int, int], list[int]] = {}
+    info: list[dict] = [{} for _ in cd]
+    for j, t0 in enumerate(cd):
+        a, b, ext = _choose_pair(t0, sfd, extrapolate)
+        groups.setdefault((order[a], order[b]), []).append(j)
+        info[j] = {"date": t0, "pair": [fd[order[a]], fd[order[b]]], "extrapolated": ext}
+    return partner, groups, info
+
+
+def _fine_images(fine_stack: np.ndarray, fine_dates: Sequence[_dt.date], nodata: float | None):
+    """Checked fine stack as a list of (bands, rows, cols) float64 images with NaN, and its dates."""
+    fs = np.asarray(fine_stack)
+    if fs.ndim not in (3, 4):
+        raise EstarfmError(
+            f"fine_stack {fs.shape}: expected an (n, rows, cols) stack (or (n, bands, rows, cols))."
+        )
+    if fs.shape[0] < 2:
+        raise EstarfmError(
+            f"fine_stack: {fs.shape[0]} fine image(s); ESTARFM needs at least two fine dates (a pair)."
+        )
+    fd = _check_dates("fine_dates", fine_dates, fs.shape[0])
+    return [_as_bands("stack", fs[i], nodata) for i in range(fs.shape[0])], fd
+
+
+def series_thresholds(
+    fine_stack: np.ndarray,
+    fine_dates: Sequence[_dt.date],
+    coarse_dates: Sequence[_dt.date],
+    *,
+    classes: int = 4,
+    max_pair_gap_days: int = 8,
+    extrapolate: bool = True,
+    nodata: float | None = None,
+) -> dict[tuple[_dt.date, _dt.date], np.ndarray]:
+    """Similarity thresholds of every fine pair that :func:`fuse_series` uses.
+
+    Give the result to ``fuse_series(..., thresholds=)`` when fusing tiles of
+    the image (each with a ``window // 2`` halo): every tile then uses the
+    whole image's similar-pixel rule and the tiles reproduce the whole-image
+    result exactly.
+
+    Parameters
+    ----------
+    fine_stack : ndarray, shape (n_fine, rows, cols) or (n_fine, bands, rows, cols)
+        The whole image's fine images (as given to :func:`fuse_series`).
+    fine_dates : sequence of datetime.date, length n_fine
+        Their dates (any order, no duplicates).
+    coarse_dates : sequence of datetime.date
+        Dates of the coarse series: they decide which pairs are used.
+    classes, max_pair_gap_days, extrapolate, nodata
+        As in :func:`fuse_series` (use the same values).
+
+    Returns
+    -------
+    dict
+        ``{(d1, d2): thresholds}`` for every pair used, d1 < d2 the pair's fine
+        dates; ``thresholds`` is an ndarray, shape (2 * bands,), in image
+        units, exactly :func:`similarity_thresholds` of the two fine images.
+
+    Raises
+    ------
+    EstarfmError
+        As :func:`fuse_series` for the dates, the stack and the settings.
+    """
+    if int(classes) != classes or classes < 1:
+        raise EstarfmError(f"classes={classes}: the number of classes must be a whole number >= 1 (e.g. 4).")
+    fine, fd = _fine_images(fine_stack, fine_dates, nodata)
+    cdl = list(coarse_dates)
+    cd = _check_dates("coarse_dates", cdl, len(cdl))
+    _, groups, _ = _plan_series(fd, cd, max_pair_gap_days, extrapolate)
+    return {
+        (fd[i1], fd[i2]): similarity_thresholds(fine[i1], fine[i2], classes=classes)
+        for (i1, i2) in sorted(groups, key=lambda k: fd[k[0]])
+    }
+
+
+def _given_thresholds(
+    thresholds: Mapping[tuple[_dt.date, _dt.date], np.ndarray], d1: _dt.date, d2: _dt.date, nb: int
+) -> np.ndarray:
+    """The thresholds of pair (d1, d2) from a ``series_thresholds`` mapping, checked."""
+    key = (d1, d2)
+    if key not in thresholds:
+        raise EstarfmError(
+            f"thresholds: no entry for the fine pair ({d1.isoformat()}, {d2.isoformat()}); compute the mapping "
+            "with series_thresholds() on the whole image with the same dates and settings."
+        )
+    th = np.asarray(thresholds[key], dtype=np.float64).ravel()
+    if th.shape != (2 * nb,) or not np.all(np.isfinite(th)):
+        raise EstarfmError(
+            f"thresholds[({d1.isoformat()}, {d2.isoformat()})]: expected {2 * nb} finite values (bands of the "
+            f"first fine image, then the second), got {np.shape(thresholds[key])}; use series_thresholds()."
+        )
+    return th
+
+
 def fuse_series(
     fine_stack: np.ndarray,
     fine_dates: Sequence[_dt.date],
@@ -818,6 +1245,7 @@ def fuse_series(
     max_pair_gap_days: int = 8,
     extrapolate: bool = True,
     progress: Callable[[float, str], None] | None = None,
+    thresholds: Mapping[tuple[_dt.date, _dt.date], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Fuse a coarse time series with fine images: one fine image per coarse date.
 
@@ -851,6 +1279,12 @@ def fuse_series(
     progress : callable(fraction, message), optional
         Called after each pair with the fraction of coarse dates done (0..1]
         and a short message.
+    thresholds : mapping {(d1, d2): ndarray of shape (2 * bands,)}, optional
+        Similarity thresholds per fine pair (d1 < d2 its fine dates) to use
+        instead of computing them from these images, as ``fuse(...,
+        thresholds=)``: give :func:`series_thresholds` of the whole image when
+        fusing tiles with a ``window // 2`` halo, so that the tiles reproduce
+        the whole-image result. Default: from these images.
 
     Returns
     -------
@@ -867,7 +1301,8 @@ def fuse_series(
     EstarfmError
         Fewer than two fine dates, shapes or date counts that differ, a fine
         image without a coarse partner (named), a coarse date outside the
-        fine dates with ``extrapolate=False``, bad settings or units.
+        fine dates with ``extrapolate=False``, bad settings or units, a pair
+        missing from ``thresholds`` or thresholds of the wrong size.
     """
     w, lo, hi = _check_settings(window, classes, valid_range)
     fs = np.asarray(fine_stack)
@@ -898,26 +1333,7 @@ def fuse_series(
     coarse = [prep(cs[i]) for i in range(cs.shape[0])]
     _check_range([("fine_stack", a) for a in fine] + [("coarse_stack", a) for a in coarse], lo, hi)
 
-    # partner coarse image of every fine image
-    partner: dict[int, int] = {}
-    for i, d in enumerate(fd):
-        gaps = [(abs((c - d).days), c, j) for j, c in enumerate(cd)]
-        gaps = [g for g in gaps if g[0] <= max_pair_gap_days]
-        if not gaps:
-            raise EstarfmError(
-                f"fine image of {d.isoformat()} has no coarse image within {max_pair_gap_days} days: add the "
-                "coarse image of that date, raise max_pair_gap_days, or drop that fine image."
-            )
-        partner[i] = min(gaps)[2]
-
-    order = sorted(range(len(fd)), key=lambda i: fd[i])
-    sfd = [fd[i] for i in order]
-    groups: dict[tuple[int, int], list[int]] = {}
-    info: list[dict] = [{} for _ in cd]
-    for j, t0 in enumerate(cd):
-        a, b, ext = _choose_pair(t0, sfd, extrapolate)
-        groups.setdefault((order[a], order[b]), []).append(j)
-        info[j] = {"date": t0, "pair": [fd[order[a]], fd[order[b]]], "extrapolated": ext}
+    partner, groups, info = _plan_series(fd, cd, max_pair_gap_days, extrapolate)
 
     nb, rows, cols = fine[0].shape
     fused = np.empty((len(cd), nb, rows, cols))
@@ -925,7 +1341,10 @@ def fuse_series(
     for (i1, i2), js in sorted(groups.items(), key=lambda kv: fd[kv[0][0]]):
         f1, f2 = fine[i1], fine[i2]
         c1, c2 = coarse[partner[i1]], coarse[partner[i2]]
-        th = similarity_thresholds(f1, f2, classes=classes)
+        if thresholds is None:
+            th = similarity_thresholds(f1, f2, classes=classes)
+        else:
+            th = _given_thresholds(thresholds, fd[i1], fd[i2], nb)
         res = _fuse_pair(f1, c1, f2, c2, [coarse[j] for j in js], w=w // 2, lo=lo, hi=hi, th=th)
         for k, j in enumerate(js):
             fused[j] = res[k]

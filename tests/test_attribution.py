@@ -119,6 +119,26 @@ def test_r_incmse_is_mean_over_standard_error_by_hand():
     assert res["mean_increase"]["d0"] == pytest.approx(mean, rel=1e-12)
 
 
+def test_permutation_deltas_equal_naive_sklearn_predict_on_permuted_copies():
+    """The compiled path must give the deltas of per-tree sklearn predict on explicit copies, bit for bit."""
+    X, y, _ = _synthetic(n=250, p=6)
+    m = A.fit_forest(X, y, n_trees=25, seed=3)
+    for groups in ([np.array([j]) for j in range(6)], [np.array([0, 1, 2]), np.array([3, 4]), np.array([5])]):
+        rng = np.random.default_rng(7)
+        ref = np.zeros((25, len(groups)))
+        for t, (est, rows) in enumerate(zip(m.estimators_, A.oob_rows(m, 250))):
+            used = set(est.tree_.feature[est.tree_.children_left != -1].tolist())
+            base = np.mean((est.predict(X[rows]) - y[rows]) ** 2)
+            perms = [rng.permutation(rows.size) for _ in groups]
+            for g, cols in enumerate(groups):
+                if used.intersection(cols.tolist()):
+                    Xp = X[rows].copy()
+                    Xp[:, cols] = X[rows][perms[g]][:, cols]
+                    ref[t, g] = np.mean((est.predict(Xp) - y[rows]) ** 2) - base
+        np.testing.assert_array_equal(A._permutation_deltas(m, X, y, groups, 7), ref)
+        assert (ref != 0).sum() > 20
+
+
 def test_grouped_importance_gives_category_shares():
     X, y, names = _synthetic()
     cats = {"C": ["d0", "d1", "d2"], "S": ["d3", "d4", "d5"], "M": ["d6"]}
@@ -327,3 +347,86 @@ def test_valid_in_all_and_importance_with_wrong_model_rows():
     m = A.fit_forest(X[:60], y[:60], n_trees=5)
     with pytest.raises(A.AttributionError, match="fitted on 60 rows"):
         A.importance(X, y, names, model=m)
+
+
+# --------------------------------------------------------------------------- factorial, split for chunked runs
+def _blockwise_factorial(fit, Xall, noise_pixels, seed, n_blocks=3):
+    """factorial() recomposed from its pieces, pixels processed in n_blocks blocks (as Dask would)."""
+    edges = np.linspace(0, Xall.shape[0], n_blocks + 1).astype(int)
+    parts = [A.factorial_predict(fit, Xall[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    rf_all = np.concatenate([p["rf_all"] for p in parts])
+    actcon = np.concatenate([p["actcon"] for p in parts], axis=1)
+    # the chunked caller only knows which pixels are valid (all drivers finite)
+    valid_index = np.flatnonzero(np.isfinite(Xall).all(axis=1))
+    idx = A.noise_pixel_index(valid_index, noise_pixels, seed)
+    noise = A.noise_floor(fit, Xall[idx])  # RF_all predicted again here: must not matter
+    blocks = [A.relative_contributions(actcon[:, a:b], noise) for a, b in zip(edges[:-1], edges[1:])]
+    relcon = np.concatenate([b[0] for b in blocks], axis=1)
+    sum_abs = np.concatenate([b[1] for b in blocks])
+    und = np.concatenate([b[2] for b in blocks])
+    return rf_all, actcon, noise, relcon, sum_abs, und
+
+
+@pytest.mark.parametrize("noise_pixels", [None, 150])
+def test_factorial_pieces_block_by_block_equal_factorial(noise_pixels):
+    stack, y, names, cats, _ = _zones(rows=20, cols=30)
+    Xall = stack.reshape(-1, len(names)).copy()
+    Xall[[3, 250, 599], [1, 4, 0]] = np.nan  # undefined pixels, one in each block
+    Xs = np.delete(Xall, [3, 250, 599], axis=0)[::2]
+    ys = np.delete(y.ravel(), [3, 250, 599])[::2]
+    ref = A.factorial(Xs, ys, Xall, names, cats, n_trees=12, seed=3, noise_pixels=noise_pixels, keep_model=True)
+    fit = A.factorial_fit(Xs, ys, names, cats, n_trees=12, seed=3)
+    assert fit.categories == ref["categories"] == ["C", "S", "M"] and fit.empty_categories == ["E"]
+    assert fit.models == ref["models"] and fit.model_all is None
+    np.testing.assert_array_equal(fit.keep_cols["M"], [0, 1, 2, 3, 5])
+    rf_all, actcon, noise, relcon, sum_abs, und = _blockwise_factorial(fit, Xall, noise_pixels, seed=3)
+    np.testing.assert_array_equal(rf_all, ref["rf_all"])
+    np.testing.assert_array_equal(actcon, ref["actcon"])
+    assert noise == ref["noise_floor"] and noise > 0
+    np.testing.assert_array_equal(relcon, ref["relcon"])
+    np.testing.assert_array_equal(sum_abs, ref["sum_abs"])
+    np.testing.assert_array_equal(und, ref["undetermined"])
+    assert np.isnan(actcon[:, [3, 250, 599]]).all() and not und[[3, 250, 599]].any()
+    # ActCon by hand from the kept sklearn RF_all and a refitted RF without M
+    without_m = A.fit_forest(Xs[:, fit.keep_cols["M"]], ys, n_trees=12, seed=3)
+    ok = np.isfinite(Xall).all(axis=1)
+    hand = ref["model_all"].predict(Xall[ok]) - without_m.predict(Xall[ok][:, fit.keep_cols["M"]])
+    np.testing.assert_allclose(actcon[2, ok], hand, rtol=0, atol=1e-9)
+    if noise_pixels is not None:
+        idx = A.noise_pixel_index(np.flatnonzero(ok), noise_pixels, 3)
+        assert idx.size == 150 and np.all(np.diff(idx) > 0) and ok[idx].all()
+
+
+def test_factorial_fit_pickles_small_and_predicts_the_same():
+    import pickle
+
+    stack, y, names, cats, _ = _zones(rows=15, cols=21)
+    Xall = stack.reshape(-1, len(names))
+    fit = A.factorial_fit(Xall[::2], y.ravel()[::2], names, cats, n_trees=8, seed=5, keep_model=True)
+    assert fit.model_all is not None
+    slim = fit.without_model()
+    assert slim.model_all is None and fit.model_all is not None
+    blob = pickle.dumps(slim)
+    assert len(blob) < len(pickle.dumps(fit))
+    back = pickle.loads(blob)
+    a, b = A.factorial_predict(fit, Xall), A.factorial_predict(back, Xall)
+    np.testing.assert_array_equal(a["rf_all"], b["rf_all"])
+    np.testing.assert_array_equal(a["actcon"], b["actcon"])
+    assert A.noise_floor(fit, Xall) == A.noise_floor(back, Xall)
+    with pytest.raises(A.AttributionError, match="need \\(n_pixels, 6\\)"):
+        A.factorial_predict(back, Xall[:, :5])
+
+
+def test_factorial_single_category_predicts_sample_mean_without_it():
+    X, y, names = _synthetic(n=200, p=4)
+    fit = A.factorial_fit(X, y, names, {"ALL": names}, n_trees=6, seed=0)
+    assert fit.flat_without["ALL"] is None and fit.keep_cols["ALL"].size == 0
+    Xp = X[:10].copy()
+    Xp[4, 1] = np.nan
+    out = A.factorial_predict(fit, Xp)
+    np.testing.assert_allclose(out["actcon"][0], out["rf_all"] - y.mean(), rtol=0, atol=1e-12)
+    assert np.isnan(out["actcon"][0, 4])
+    relcon, sum_abs, und = A.relative_contributions(out["actcon"], float("nan"))
+    ok = np.arange(10) != 4
+    np.testing.assert_array_equal(relcon[0, ok], np.where(sum_abs[ok] > 0, 100.0, np.nan))
+    assert not und[4]

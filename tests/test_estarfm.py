@@ -13,6 +13,7 @@ from npp_core.estarfm import (
     fuse,
     fuse_series,
     monthly_composite,
+    series_thresholds,
     similarity_thresholds,
 )
 
@@ -230,6 +231,41 @@ def test_fuse_series_equals_fuse_date_by_date():
     assert info[9]["pair"] == [fdates[1], fdates[2]] and info[9]["extrapolated"]
     assert info[6]["nodata_pixels"] == 12 + 4  # the cloud and the hole in the shared fine image
     assert info[3]["nodata_pixels"] == 4
+
+
+def test_fuse_series_tiles_with_series_thresholds_equal_whole_image():
+    fine, fdates, coarse, cdates, _ = _series(30, 30, seed=4)
+    window, h = 9, 4  # halo = window // 2
+    whole, info = fuse_series(fine, fdates, coarse, cdates, window=window)
+    th = series_thresholds(fine, fdates, cdates)
+    # one entry per pair used, each exactly the pair's similarity thresholds
+    used = {tuple(rec["pair"]) for rec in info}
+    assert set(th) == used and len(used) == 2
+    pos = {d: i for i, d in enumerate(fdates)}
+    for (d1, d2), v in th.items():
+        assert d1 < d2
+        np.testing.assert_array_equal(v, similarity_thresholds(fine[pos[d1]], fine[pos[d2]]))
+    # four tiles split at an odd column and row, each fused with a halo of window // 2
+    tiled = np.full_like(whole, -99.0)
+    untied = np.full_like(whole, -99.0)
+    for r0, r1, q0, q1 in [(0, 13, 0, 17), (0, 13, 17, 30), (13, 30, 0, 17), (13, 30, 17, 30)]:
+        a0, a1, b0, b1 = max(0, r0 - h), min(30, r1 + h), max(0, q0 - h), min(30, q1 + h)
+        crop = (fine[:, a0:a1, b0:b1], fdates, coarse[:, a0:a1, b0:b1], cdates)
+        tile, tinfo = fuse_series(*crop, window=window, thresholds=th)
+        assert [rec["pair"] for rec in tinfo] == [rec["pair"] for rec in info]
+        tiled[:, r0:r1, q0:q1] = tile[:, r0 - a0:r1 - a0, q0 - b0:q1 - b0]
+        own, _ = fuse_series(*crop, window=window)  # the tile's own thresholds
+        untied[:, r0:r1, q0:q1] = own[:, r0 - a0:r1 - a0, q0 - b0:q1 - b0]
+    assert np.isnan(whole).any()  # the cloud and the hole are in the comparison
+    np.testing.assert_array_equal(tiled, whole)
+    # without the whole image's thresholds the tiles do not reproduce it
+    assert not np.array_equal(untied, whole, equal_nan=True)
+    # a pair missing from the mapping, and thresholds of the wrong size, are errors
+    first = min(th)
+    with pytest.raises(EstarfmError, match=first[0].isoformat()):
+        fuse_series(fine, fdates, coarse, cdates, window=window, thresholds={k: v for k, v in th.items() if k != first})
+    with pytest.raises(EstarfmError, match="expected 2 finite values"):
+        fuse_series(fine, fdates, coarse, cdates, window=window, thresholds={k: np.ones(3) for k in th})
 
 
 def test_fuse_series_errors():

@@ -1,6 +1,8 @@
 """Compiled forest evaluation (npp_core.forest) against scikit-learn and a brute-force walk."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
@@ -123,3 +125,111 @@ def test_predict_forest_rejects_wrong_width():
     m = RandomForestRegressor(3, random_state=0).fit(X, X[:, 0])
     with pytest.raises(F.ForestError, match=r"expected \(n_pixels, 3\)"):
         predict_forest(m, X[:, :2])
+
+
+# --------------------------------------------------------------------------- fitting
+_TREE_ARRAYS = ("children_left", "children_right", "feature", "threshold", "value", "impurity",
+                "n_node_samples", "weighted_n_node_samples", "missing_go_to_left")
+
+
+def _assert_same_forest(ours, ref, X):
+    """Every fitted attribute, tree and random draw of two forests equal, bit for bit."""
+    assert type(ours) is F.FastRandomForestRegressor and isinstance(ours, RandomForestRegressor)
+    po, pr = ours.get_params(), ref.get_params()
+    if isinstance(pr["random_state"], np.random.RandomState):  # equal when consumed alike
+        np.testing.assert_array_equal(po.pop("random_state").get_state()[1], pr.pop("random_state").get_state()[1])
+    assert po == pr
+    assert set(vars(ours)) == set(vars(ref))
+    for k, v in vars(ref).items():
+        if k in ("estimators_", "random_state"):
+            continue
+        if k in ("estimator", "estimator_"):
+            assert type(getattr(ours, k)) is type(v) and getattr(ours, k).get_params() == v.get_params()
+        elif isinstance(v, np.ndarray):
+            assert v.dtype == getattr(ours, k).dtype
+            np.testing.assert_array_equal(getattr(ours, k), v)
+        else:
+            assert getattr(ours, k) == v, k
+    assert len(ours.estimators_) == len(ref.estimators_)
+    for a, b in zip(ours.estimators_, ref.estimators_):
+        assert type(a) is type(b) and set(vars(a)) == set(vars(b))
+        assert a.get_params() == b.get_params()  # includes the per-tree random_state
+        for k in vars(b):
+            if k != "tree_":
+                assert np.array_equal(getattr(a, k), getattr(b, k)), k
+        for k in _TREE_ARRAYS:
+            np.testing.assert_array_equal(getattr(a.tree_, k), getattr(b.tree_, k))
+    for s_o, s_r in zip(ours.estimators_samples_, ref.estimators_samples_, strict=True):
+        assert s_o.dtype == s_r.dtype
+        np.testing.assert_array_equal(s_o, s_r)
+    # sklearn's own predict sums trees in a thread race when n_jobs > 1: compare serially
+    jobs = ours.n_jobs, ref.n_jobs
+    ours.n_jobs = ref.n_jobs = 1
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    ours.n_jobs, ref.n_jobs = jobs
+
+
+@pytest.mark.parametrize("n_jobs, n_trees", [(2, 40), (1, 7), (None, 1)])
+def test_fast_forest_is_sklearn_forest_bit_for_bit(n_jobs, n_trees):
+    rng = np.random.default_rng(n_trees)
+    X = rng.normal(size=(300, 7)) * np.array([1, 10, 1e3, 0.01, 1, 1, 5])
+    X[:, 6] = np.round(X[:, 6])  # ties in one driver
+    y = 3 * X[:, 0] + np.sin(X[:, 1]) + X[:, 2] * 1e-3 * (X[:, 3] > 0) + 0.3 * rng.normal(size=300)
+    kw = dict(n_estimators=n_trees, max_features=2, min_samples_split=6, oob_score=True, n_jobs=n_jobs, random_state=11)
+    with warnings.catch_warnings(record=True) as w_ref:
+        warnings.simplefilter("always")
+        ref = RandomForestRegressor(**kw).fit(X, y)
+    with warnings.catch_warnings(record=True) as w_ours:
+        warnings.simplefilter("always")
+        ours = F.FastRandomForestRegressor(**kw).fit(X, y)
+    # few trees: some rows never OOB -> the same warning, the same 0-count handling
+    assert [str(w.message) for w in w_ours] == [str(w.message) for w in w_ref]
+    assert ours.oob_score_ == ref.oob_score_
+    np.testing.assert_array_equal(ours.oob_prediction_, ref.oob_prediction_)
+    _assert_same_forest(ours, ref, X)
+
+
+@pytest.mark.filterwarnings("ignore:Some inputs do not have OOB scores")
+def test_fast_forest_fallback_paths_match_sklearn_and_refit():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(150, 4))
+    y = X[:, 0] + 0.1 * rng.normal(size=150)
+    sw = rng.uniform(0.5, 2.0, 150)
+    # sample weights go through scikit-learn's own fit (with the cheap tree copies)
+    kw = dict(n_estimators=6, max_features=2, oob_score=True, random_state=4)
+    ref = RandomForestRegressor(**kw).fit(X, y, sample_weight=sw)
+    ours = F.FastRandomForestRegressor(**kw).fit(X, y, sample_weight=sw)
+    assert ours.oob_score_ == ref.oob_score_
+    np.testing.assert_array_equal(ours.oob_prediction_, ref.oob_prediction_)
+    _assert_same_forest(ours, ref, X)
+    # refitting the same object, and a RandomState instance as random_state
+    ours.fit(X, y)
+    _assert_same_forest(ours, RandomForestRegressor(**kw).fit(X, y), X)
+    a = F.FastRandomForestRegressor(6, random_state=np.random.RandomState(8)).fit(X, y)
+    b = RandomForestRegressor(6, random_state=np.random.RandomState(8)).fit(X, y)
+    _assert_same_forest(a, b, X)
+    assert not hasattr(a, "_npp_tree_proto")
+
+
+def test_predict_trees_permuted_equals_predict_on_permuted_copies():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(200, 5))
+    m = RandomForestRegressor(6, max_features=2, min_samples_split=6, random_state=0).fit(X, X[:, 0] + X[:, 3] ** 2)
+    member = np.array([[1, 0, 0, 0, 0], [0, 1, 1, 0, 1], [0, 0, 0, 1, 0]], dtype=bool)
+    trees = [0, 3, 5, 3]
+    rows = [rng.choice(200, 37, replace=False), np.arange(200), rng.choice(200, 5, replace=False), np.arange(0)]
+    groups = [np.array([0, 1, 2]), np.array([2]), np.array([], dtype=int), np.array([1])]
+    perms = [np.array([rng.permutation(len(r)) for _ in g]).reshape(len(g), len(r)) for r, g in zip(rows, groups)]
+    out = F.predict_trees_permuted(flatten_forest(m), X, trees, rows, perms, groups, member)
+    for j, t in enumerate(trees):
+        est, Xr = m.estimators_[t], X[rows[j]]
+        assert out[j].shape == (len(groups[j]) + 1, len(rows[j]))
+        if len(rows[j]) == 0:
+            continue
+        np.testing.assert_array_equal(out[j][0], est.predict(Xr))
+        for k, q in enumerate(groups[j]):
+            Xp = Xr.copy()
+            Xp[:, member[q]] = Xr[perms[j][k]][:, member[q]]
+            np.testing.assert_array_equal(out[j][k + 1], est.predict(Xp))
+    with pytest.raises(F.ForestError, match="perms"):
+        F.predict_trees_permuted(flatten_forest(m), X, [0], [np.arange(4)], [np.array([[0, 1, 2, 9]])], [np.array([0])], member)
