@@ -36,8 +36,16 @@ BLAS and tree prediction release the GIL); each block kernel then uses one numba
 blocks do not oversubscribe the cores. With a ``dask.distributed.Client`` the same graphs run
 on its workers; results stream back to this process, which writes them.
 
-Out of scope: ESTARFM fusion blocks (the fusion module owns its own tiling), sampling and
-model fitting (they stay on the driver).
+* **Land degradation** – :func:`degradation_chunked`: the min–max scaling needs global extremes,
+  computed in reduction passes first; each block then applies them.
+* **Driver-side helpers** – :func:`values_at` (values at sample pixels from windowed reads),
+  :func:`read_window`, :func:`windows` for block-wise statistics in the calling process.
+
+The pipeline's chunked stages (:mod:`npp_core.stages`) compose these with the lazy dataset reader
+(:meth:`npp_core.dataset.Dataset.layer_dask`).
+
+Out of scope: ESTARFM fusion blocks (fusion runs in memory; supply a ready ``fine_series`` for areas
+beyond the memory budget), sampling and model fitting (they stay on the driver).
 """
 from __future__ import annotations
 
@@ -70,6 +78,10 @@ __all__ = [
     "krige_chunked",
     "write_blocks",
     "write_many",
+    "windows",
+    "read_window",
+    "values_at",
+    "degradation_chunked",
 ]
 
 #: Bytes per pixel and layer assumed by :func:`choose_mode` (float64 working copies and
@@ -704,7 +716,8 @@ class _Target:
     """One open output file; ``write(r0, c0, block)`` writes a window under a lock."""
 
     def __init__(self, tmp: Path, final: Path, grid: Grid, count: int, dtype: Any, nodata: Any,
-                 band_names: Sequence[str] | None, tags: Mapping[str, Any] | None, cog: bool):
+                 band_names: Sequence[str] | None, tags: Mapping[str, Any] | None, cog: bool,
+                 colormap: Mapping[int, tuple[int, ...]] | None = None):
         self.tmp, self.final, self.cog = tmp, final, cog
         self.dtype = np.dtype(dtype)
         if np.issubdtype(self.dtype, np.floating):
@@ -715,6 +728,8 @@ class _Target:
         self.lock = threading.Lock()
         if tags:
             self.ds.update_tags(**{k: str(v) for k, v in tags.items()})
+        if colormap:
+            self.ds.write_colormap(1, dict(colormap))
         for i, name in enumerate(band_names or []):
             if name is not None and i < count:
                 self.ds.set_band_description(i + 1, str(name))
@@ -727,6 +742,14 @@ class _Target:
         win = rasterio.windows.Window(c0, r0, b.shape[2], b.shape[1])
         with self.lock:
             self.ds.write(data, window=win)
+
+    def write_mask(self, r0: int, c0: int, block: np.ndarray) -> None:
+        """Write a window of the internal per-dataset mask (True = valid)."""
+        b = np.asarray(block)
+        b = b[0] if b.ndim == 3 else b
+        win = rasterio.windows.Window(c0, r0, b.shape[1], b.shape[0])
+        with self.lock:
+            self.ds.write_mask(np.where(b.astype(bool), 255, 0).astype(np.uint8), window=win)
 
     def finish(self) -> Path:
         self.ds.close()
@@ -773,7 +796,9 @@ def write_many(
     items : sequence of (path, array, options)
         ``array``: numpy or dask, shape (rows, cols) or (bands, rows, cols);
         ``options``: any of ``nodata``, ``dtype`` (default float32), ``band_names``,
-        ``tags``, ``cog`` (bool: convert to a Cloud-Optimized GeoTIFF afterwards).
+        ``tags``, ``cog`` (bool: convert to a Cloud-Optimized GeoTIFF afterwards),
+        ``colormap`` ({code: (r, g, b, a)} for band 1 of an integer output), ``mask``
+        (bool array (rows, cols), numpy or dask: written as the internal per-dataset mask).
     grid : Grid
         Grid of every array.
     client : dask.distributed.Client, optional
@@ -813,22 +838,40 @@ def write_many(
         if a.ndim != 3 or a.shape[1:] != grid.shape:
             raise ChunkedError(f"{Path(path).name}: array shape {a.shape[-2:]} does not match the grid {grid.shape}.")
         arrays.append(a.rechunk(((a.shape[0],),) + tuple(first_chunks)))
+    # internal masks are extra arrays whose blocks go to the mask of their target
+    mask_of: list[int] = []
+    for k, (path, _, opt) in enumerate(items):
+        if opt.get("mask") is not None:
+            mk = opt["mask"]
+            mk = mk if isinstance(mk, da.Array) else da.from_array(np.asarray(mk), chunks=-1)
+            if mk.ndim == 2:
+                mk = mk[None]
+            if mk.shape[1:] != grid.shape:
+                raise ChunkedError(f"{Path(path).name}: mask shape {mk.shape[1:]} does not match the grid {grid.shape}.")
+            arrays.append(mk.astype(bool).rechunk(((1,),) + tuple(first_chunks)))
+            mask_of.append(k)
     targets: list[_Target] = []
     try:
         for (path, _, opt), a in zip(items, arrays):
             tmp, final = atomic_path(path)
             targets.append(_Target(tmp, final, grid, a.shape[0], opt.get("dtype", "float32"), opt.get("nodata"),
-                                   opt.get("band_names"), opt.get("tags"), bool(opt.get("cog", False))))
+                                   opt.get("band_names"), opt.get("tags"), bool(opt.get("cog", False)),
+                                   opt.get("colormap")))
+        writers: list[Callable[[int, int, np.ndarray], None]] = [t.write for t in targets] + \
+            [targets[k].write_mask for k in mask_of]
         row_off = np.concatenate([[0], np.cumsum(first_chunks[0])])
         col_off = np.concatenate([[0], np.cumsum(first_chunks[1])])
         nbi, nbj = len(first_chunks[0]), len(first_chunks[1])
         total = nbi * nbj
-        delayed = [a.to_delayed() for a in arrays]  # each shape (1, nbi, nbj)
+        # not optimised: graph fusion would copy intermediates shared by several outputs (one kriging for a
+        # prediction and its variance, one climate cube for MAT/MAP/MAS/MAE) into each output's chain,
+        # computing them once per output instead of once
+        delayed = [a.to_delayed(optimize_graph=False) for a in arrays]  # each (1, nbi, nbj)
         keys = [(i, j) for i in range(nbi) for j in range(nbj)]
 
         def put(i: int, j: int, blocks: Sequence[np.ndarray], done: int) -> None:
-            for t, b in zip(targets, blocks):
-                t.write(int(row_off[i]), int(col_off[j]), np.asarray(b))
+            for w, b in zip(writers, blocks):
+                w(int(row_off[i]), int(col_off[j]), np.asarray(b))
             if progress is not None:
                 progress(done / total, f"block {done}/{total}")
 
@@ -836,21 +879,22 @@ def write_many(
             # local threads: one graph, blocks written as they finish (targets lock themselves)
             counter = {"n": 0}
             lock = threading.Lock()
-            n_writes = total * len(targets)
+            n_writes = total * len(writers)
 
             class _Sink:
-                def __init__(self, t: _Target):
-                    self.t = t
+                def __init__(self, w: Callable[[int, int, np.ndarray], None]):
+                    self.w = w
 
                 def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-                    self.t.write(key[1].start or 0, key[2].start or 0, value)
+                    self.w(key[1].start or 0, key[2].start or 0, value)
                     if progress is not None:
                         with lock:
                             counter["n"] += 1
                             n = counter["n"]
                         progress(n / n_writes, f"block {n}/{n_writes}")
 
-            da.store(arrays, [_Sink(t) for t in targets], lock=False, compute=True, scheduler="threads")
+            da.store(arrays, [_Sink(w) for w in writers], lock=False, compute=True, scheduler="threads",
+                     optimize_graph=False)
         else:
             from distributed import as_completed
 
@@ -859,7 +903,7 @@ def write_many(
             group = max(1, limit // 2)
             it = iter(keys)
             pending: dict[Any, tuple[int, int]] = {}
-            ac = as_completed()
+            ac = as_completed(loop=client.loop)
 
             def submit_more() -> None:
                 # blocks go to the scheduler in groups (one graph submission per group); at most
@@ -872,7 +916,8 @@ def write_many(
                     batch.append(nxt)
                 if not batch:
                     return
-                futs = client.compute([dask.delayed(_collect)(*[d[0, i, j] for d in delayed]) for i, j in batch])
+                futs = client.compute([dask.delayed(_collect)(*[d[0, i, j] for d in delayed]) for i, j in batch],
+                                      optimize_graph=False)
                 for f, ij in zip(futs, batch):
                     pending[f.key] = ij
                     ac.add(f)
@@ -933,3 +978,193 @@ def write_blocks(
     """
     opts = {"nodata": nodata, "dtype": dtype, "band_names": band_names, "tags": tags, "cog": cog}
     return write_many([(path, data, opts)], grid, client=client, progress=progress, chunk=chunk)[0]
+
+
+# --------------------------------------------------------------------------- driver-side helpers
+def windows(shape: tuple[int, int], chunk: int | tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
+    """Row-major blocks ``(row0, row1, col0, col1)`` tiling a raster of ``shape``.
+
+    Parameters
+    ----------
+    shape : (rows, cols)
+    chunk : int or (int, int)
+        Block side(s) in pixels.
+
+    Yields
+    ------
+    (int, int, int, int)
+        Half-open row and column ranges.
+    """
+    for b in plan_blocks(shape, chunk):
+        yield b.row0, b.row1, b.col0, b.col1
+
+
+def read_window(path: Path | str, r0: int, r1: int, c0: int, c1: int,
+                bands: Sequence[int] | None = None) -> np.ndarray:
+    """Rows ``r0:r1``, columns ``c0:c1`` of a GeoTIFF as float64 with NaN for nodata.
+
+    Parameters
+    ----------
+    path : path-like
+    r0, r1, c0, c1 : int
+        Half-open window in pixels.
+    bands : sequence of int, optional
+        1-based bands; default all.
+
+    Returns
+    -------
+    ndarray, shape (bands, r1 - r0, c1 - c0), float64
+        The values :func:`npp_core.raster.read_raster` gives for that window.
+    """
+    with rasterio.open(path) as ds:
+        idx = list(bands) if bands is not None else list(range(1, ds.count + 1))
+        nd = ds.nodata
+        shape = (len(idx), ds.height, ds.width)
+    return _WindowReader(str(path), idx, shape, nd)[:, r0:r1, c0:c1]
+
+
+def values_at(path: Path | str, rows: np.ndarray, cols: np.ndarray, *, chunk: int = 1024,
+              bands: Sequence[int] | None = None) -> np.ndarray:
+    """Values of a GeoTIFF at pixels, read window by window (never the whole raster).
+
+    Parameters
+    ----------
+    path : path-like
+    rows, cols : array of int, shape (n,)
+        Pixel indices.
+    chunk : int
+        Side of the windows read (only windows holding a pixel are read).
+    bands : sequence of int, optional
+        1-based bands; default all.
+
+    Returns
+    -------
+    ndarray, shape (bands, n), float64
+        NaN where the file has nodata.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    with rasterio.open(path) as ds:
+        idx = list(bands) if bands is not None else list(range(1, ds.count + 1))
+        h, w = ds.height, ds.width
+    if rows.size and (rows.min() < 0 or cols.min() < 0 or rows.max() >= h or cols.max() >= w):
+        raise ChunkedError(f"{Path(path).name}: pixel indices outside the {h} × {w} raster.")
+    out = np.full((len(idx), rows.size), np.nan)
+    key = (rows // chunk) * ((w + chunk - 1) // chunk) + cols // chunk
+    for k in np.unique(key):
+        sel = np.flatnonzero(key == k)
+        r, c = rows[sel], cols[sel]
+        r0, c0 = int(r.min()), int(c.min())
+        blk = read_window(path, r0, int(r.max()) + 1, c0, int(c.max()) + 1, bands=idx)
+        out[:, sel] = blk[:, r - r0, c - c0]
+    return out
+
+
+def _ld_block(*blocks: np.ndarray, names: tuple[str, ...], weights: np.ndarray, lo: np.ndarray,
+              hi: np.ndarray, worse_low: tuple[bool, ...], capped: tuple[bool, ...], cap: float,
+              raw: tuple[float, float] | None) -> np.ndarray:
+    mask = blocks[-1].astype(bool)
+    total = np.zeros(mask.shape)
+    valid = mask.copy()
+    for i in range(len(names)):
+        v = np.asarray(blocks[i], dtype=np.float64)
+        if capped[i]:
+            v = np.minimum(v, cap)
+        ok = mask & np.isfinite(v)
+        s = (hi[i] - v) / (hi[i] - lo[i]) if worse_low[i] else (v - lo[i]) / (hi[i] - lo[i])
+        total += weights[i] * np.where(ok, s, 0.0)
+        valid &= ok
+    if raw is None:  # first pass: the weighted sum (NaN where not every indicator is valid)
+        return np.where(valid, total, np.nan)
+    out = np.full(mask.shape, np.nan)
+    out[valid] = (total[valid] - raw[0]) / (raw[1] - raw[0])
+    return out
+
+
+def degradation_chunked(
+    indicators: Mapping[str, Any],
+    weights: Mapping[str, float],
+    mask: Any,
+    *,
+    direction: Mapping[str, str] | None = None,
+    distance_keys: Sequence[str] = ("distance_to_mine",),
+    influence_distance: float = 1500.0,
+    chunk: int | tuple[int, int] = 1024,
+) -> tuple[da.Array, dict[str, Any]]:
+    """Land-degradation index (:func:`npp_core.ahp.degradation_index`) block by block.
+
+    The min–max scaling needs global extremes, so the per-indicator minima/maxima
+    (after capping distances) and then the extremes of the weighted sum are
+    computed in two reduction passes first; each block then applies them.
+
+    Parameters
+    ----------
+    indicators : mapping name -> array (rows, cols), numpy or dask
+        Indicator rasters on the grid (NaN = nodata), distances in m.
+    weights : mapping name -> float
+        AHP weights (renormalised to sum 1).
+    mask : bool array (rows, cols)
+        Study area.
+    direction, distance_keys, influence_distance
+        As :func:`npp_core.ahp.degradation_index`.
+    chunk : int or (int, int)
+
+    Returns
+    -------
+    ld : dask.array, shape (rows, cols), float64
+        In [0, 1]; NaN where any indicator is NaN or outside ``mask``.
+    info : dict
+        As :func:`npp_core.ahp.degradation_index`.
+    """
+    from .ahp import AhpError
+
+    names = list(indicators)
+    if not names:
+        raise AhpError("no degradation indicators given; list them in [degradation.indicators]")
+    if set(names) != set(weights):
+        raise AhpError(
+            f"AHP weights and LD indicators differ: no weight for {[k for k in names if k not in weights]}, "
+            f"no raster for {[k for k in weights if k not in indicators]}; the AHP matrix header must name "
+            "exactly the indicators"
+        )
+    direction = dict(direction or {})
+    w = np.array([float(weights[k]) for k in names])
+    if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise AhpError(f"AHP weights must be non-negative with a positive sum (got {dict(zip(names, w))})")
+    w = w / w.sum()
+    dist = set(distance_keys)
+    md = as_dask(mask, chunk).astype(bool)
+    arrs = [as_dask(indicators[k], chunk).astype(np.float64).rechunk(md.chunks) for k in names]
+    capped_v = [da.minimum(a, influence_distance) if k in dist else a for k, a in zip(names, arrs)]
+    red = []
+    for v in capped_v:
+        ok = md & da.isfinite(v)
+        red += [ok.any(), da.where(ok, v, np.inf).min(), da.where(ok, v, -np.inf).max()]
+    vals = dask.compute(*red)
+    lo, hi = np.empty(len(names)), np.empty(len(names))
+    info: dict[str, Any] = {"weights": dict(zip(names, w.tolist())), "direction": {}, "min": {}, "max": {},
+                            "capped": [k for k in names if k in dist], "influence_distance": float(influence_distance)}
+    worse_low = []
+    for i, k in enumerate(names):
+        anyok, lo[i], hi[i] = bool(vals[3 * i]), float(vals[3 * i + 1]), float(vals[3 * i + 2])
+        if not anyok:
+            raise AhpError(f"indicator {k!r} has no valid pixel inside the study area; check its nodata value")
+        if not hi[i] > lo[i]:
+            raise AhpError(f"indicator {k!r} has no variance (all valid pixels = {lo[i]:g}); it cannot be min–max "
+                           "scaled — remove it from the AHP matrix or fix the raster")
+        d = direction.get(k, "lower_is_worse" if k in dist else "higher_is_worse")
+        info["direction"][k] = d
+        info["min"][k], info["max"][k] = float(lo[i]), float(hi[i])
+        worse_low.append(d == "lower_is_worse")
+    kw = dict(names=tuple(names), weights=w, lo=lo, hi=hi, worse_low=tuple(worse_low),
+              capped=tuple(k in dist for k in names), cap=float(influence_distance))
+    total = da.map_blocks(_ld_block, *arrs, md, dtype=np.float64, raw=None, **kw)
+    fin = da.isfinite(total)
+    n_valid, rlo, rhi = dask.compute(fin.sum(), da.where(fin, total, np.inf).min(), da.where(fin, total, -np.inf).max())
+    if int(n_valid) == 0:
+        raise AhpError("no pixel has every LD indicator valid; check the indicators' nodata and extent")
+    if not float(rhi) > float(rlo):
+        raise AhpError("the weighted LD sum is constant over the study area (all weights on constant indicators?)")
+    info.update(raw_min=float(rlo), raw_max=float(rhi), n_valid=int(n_valid))
+    ld = da.map_blocks(_ld_block, *arrs, md, dtype=np.float64, raw=(float(rlo), float(rhi)), **kw)
+    return ld, info

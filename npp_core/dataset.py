@@ -1711,14 +1711,18 @@ class Dataset:
             return None
         return self._get("soil.samples!", self._load_soil)
 
-    def _load_degradation(self) -> tuple[Any, list[Problem], dict[str, Any]]:
+    def _load_degradation(self, lazy_chunk: int | tuple[int, int] | None = None,
+                          lazy_mask: Any = None) -> tuple[Any, list[Problem], dict[str, Any]]:
         sec = self.manifest.get("degradation", {})
         probs: list[Problem] = []
         names = [r.split(".", 2)[2] for r in self._roles if r.startswith("degradation.indicators.")]
         indicators = {}
         for n in names:
             try:
-                indicators[n] = self._static(f"degradation.indicators.{n}")
+                if lazy_chunk:
+                    indicators[n] = self.layer_dask(f"degradation.indicators.{n}", lazy_chunk, mask=lazy_mask)[0][0]
+                else:
+                    indicators[n] = self._static(f"degradation.indicators.{n}")
             except DatasetError as exc:
                 probs.extend(exc.problems)
         direction_raw = sec.get("direction") if isinstance(sec.get("direction"), dict) else {}
@@ -1797,6 +1801,20 @@ class Dataset:
         if not any(r.startswith("degradation.indicators.") for r in self._roles):
             return None
         return self._get("degradation!", self._load_degradation)
+
+    def degradation_lazy(self, chunk: int | tuple[int, int] = 1024, *, mask: Any = None) -> dict[str, Any] | None:
+        """:meth:`degradation` with the indicators as lazy Dask arrays (see :meth:`layer_dask`, also for ``mask``).
+
+        Returns
+        -------
+        dict or None
+            As :meth:`degradation`, but ``indicators`` {name: dask.array (rows, cols) float64}.
+        """
+        if not any(r.startswith("degradation.indicators.") for r in self._roles):
+            return None
+        val, probs, _ = self._load_degradation(lazy_chunk=chunk, lazy_mask=mask)
+        self._raise_if_errors("degradation", probs)
+        return val
 
     def _load_plots(self) -> tuple[Any, list[Problem], dict[str, Any]]:
         sec = self.manifest.get("validation", {})
@@ -2128,6 +2146,278 @@ class Dataset:
                 p, _ = self._resolve(e)
                 h.update(self._file_hash(p).encode() if p is not None else b"missing")
         return h.hexdigest()
+
+    # ----------------------------------------------------------------- lazy (chunked) reading
+    def layer_dask(self, role: str, chunk: int | tuple[int, int] = 1024, *,
+                   mask: Any = None) -> tuple[Any, list[Any] | None]:
+        """A raster role aligned to the reference grid as a lazy Dask array (windowed reads).
+
+        The chunked counterpart of the in-memory accessors (:meth:`climate`,
+        :meth:`ndvi_series`, :meth:`soil_rasters`, …): the same resampling choice
+        (categorical nearest; continuous bilinear for coarser, average for finer
+        inputs), scale/offset, unit conversion (climate) and study-area mask, but
+        each block reads only the part of each source file it needs (a plain
+        window when the file is on the grid's pixels, else the source window under
+        the block's whole-width row strip, reprojected with :func:`rasterio.warp.reproject`
+        band group by band group — whole rows keep GDAL's approximate transformer identical
+        to the in-memory whole-grid warp, so values agree to rounding; the cost is one strip
+        warp per block). No full-size array is read. The
+        unit and plausibility checks of the in-memory accessors are not repeated
+        here (run ``python -m npp_core check`` on the dataset).
+
+        Parameters
+        ----------
+        role : str
+            A raster role of the manifest, e.g. ``"climate.temperature"``,
+            ``"ndvi.fine_series"``, ``"soil.rasters.SOC"``,
+            ``"degradation.indicators.goaf"``, ``"degradation.raster"``, ``"drivers.X"``.
+        chunk : int or (int, int)
+            Block side(s) in pixels.
+        mask : dask.array of bool, shape (rows, cols), optional
+            The study-area mask (:attr:`mask`) as a Dask array whose blocks are used instead of
+            ``chunk`` (e.g. one scattered to a cluster once); default built from :attr:`mask`.
+
+        Returns
+        -------
+        data : dask.array, shape (bands, rows, cols), float64
+            NaN outside the study-area mask and where the source has nodata.
+            Climate in CASA units (°C, mm month⁻¹, MJ m⁻² month⁻¹).
+        dates : list or None
+            Climate: ``"YYYY-MM"`` labels; other series: ``datetime.date`` per band
+            (ascending); None for single-layer roles.
+
+        Raises
+        ------
+        DatasetError
+            Unknown role, unusable file or undatable bands (the message names the file and the fix).
+        """
+        import dask.array as da
+
+        ents = self._roles.get(role)
+        if not ents or role in _TABLE_ROLES:
+            raise DatasetError(f"{MANIFEST}: no raster role '{role}'; roles present: {', '.join(sorted(self._roles))}.")
+        series = role in _SERIES_ROLES
+        kind = self._kind(role)
+        g = self.grid
+        plans: list[_SourcePlan] = []
+        band_dates: list[_dt.date | None] = []
+        band_src: list[int] = []
+        files: list[str] = []
+        for ei, e in enumerate(ents):
+            p, prob = self._resolve(e)
+            if prob is not None:
+                raise DatasetError(str(prob), [prob])
+            assert p is not None
+            files.append(self._rel(p))
+            plan, dtexts = self._source_plan(p, e, kind, series)
+            plans.append(plan)
+            for k in range(len(plan.bands)):
+                d = parse_date(dtexts[k], year_only=(role == "npp.annual")) if k < len(dtexts) else None
+                if d is None and len(plan.bands) == 1:
+                    d = parse_date(e.date, year_only=True) or parse_date(p.stem, year_only=(role == "npp.annual"))
+                band_dates.append(d)
+                band_src.append(ei)
+        order = list(range(len(band_dates)))
+        dates: list[Any] | None = None
+        convert: tuple[str, str | None, list[int]] | None = None
+        if series:
+            ds_, probs = self._date_bands(role, ents, band_dates, band_src, files)
+            self._raise_if_errors(role, probs)
+            if ds_ is None:
+                raise DatasetError(f"{MANIFEST}: the bands of '{role}' cannot be dated.")
+            order = sorted(range(len(ds_)), key=lambda i: ds_[i])
+            dates = [ds_[i] for i in order]
+            if role.startswith("climate."):
+                from . import units as U
+
+                var = role.split(".", 1)[1]
+                months = [_month_label(d) for d in dates]
+                convert = (_QUANTITY[var], ents[0].units, [int(x) for x in U.month_days(months)])
+                dates = months
+        if mask is None:
+            ch = (chunk, chunk) if np.isscalar(chunk) else tuple(chunk)
+            md = da.from_array(self.mask, chunks=(int(ch[0]), int(ch[1])))
+        else:
+            md = mask
+            if tuple(md.shape) != g.shape:
+                raise DatasetError(f"mask: shape {tuple(md.shape)} differs from the grid {g.shape}.")
+        reader = _RoleReader(plans, order, g, convert)
+        nb = len(order)
+        arr = md.map_blocks(reader, new_axis=0, chunks=((nb,),) + md.chunks, dtype=np.float64,
+                            meta=np.empty((0, 0, 0), dtype=np.float64))
+        return arr, dates
+
+    def _source_plan(self, p: Path, e: Entry, kind: str, series: bool) -> tuple["_SourcePlan", list[str | None]]:
+        """Where a block of the reference grid comes from in one file (no pixel is read)."""
+        from rasterio.warp import calculate_default_transform, transform_bounds
+        from rasterio.windows import Window, from_bounds
+
+        g = self.grid
+        rel = self._rel(p)
+        try:
+            src = open_checked(p)
+        except RasterError as exc:
+            raise DatasetError(f"{rel}: {exc.problem} (manifest key '{e.key}') {exc.fix}") from None
+        with src:
+            explicit = isinstance(e.raw, dict) and "crs" in e.raw
+            file_crs = CRS.from_user_input(src.crs) if src.crs else None
+            crs = _crs_or_none(e.crs) if e.crs and (explicit or file_crs is None) else file_crs
+            win = None
+            t = src.transform
+            try:  # the same clip window as the in-memory reader (_read_clipped)
+                if crs is not None and t.b == 0 and t.d == 0 and t.e < 0:
+                    gb = g.bounds if crs == g.crs else transform_bounds(g.crs, crs, *g.bounds, densify_pts=21)
+                    w = from_bounds(*gb, transform=t)
+                    c0 = max(0, math.floor(w.col_off) - 2)
+                    r0 = max(0, math.floor(w.row_off) - 2)
+                    c1 = min(src.width, math.ceil(w.col_off + w.width) + 2)
+                    r1 = min(src.height, math.ceil(w.row_off + w.height) + 2)
+                    if c1 > c0 and r1 > r0 and (c1 - c0) * (r1 - r0) < 0.8 * src.width * src.height:
+                        win = Window(c0, r0, c1 - c0, r1 - r0)
+            except Exception:
+                win = None
+            if win is None:
+                off, shape, wt = (0, 0), (src.height, src.width), t
+            else:
+                off, shape, wt = (int(win.row_off), int(win.col_off)), (int(win.height), int(win.width)), \
+                    src.window_transform(win)
+            bands = list(range(1, src.count + 1)) if series else [1]
+            dtexts = [src.tags(b).get("DATE") or src.descriptions[b - 1] or None for b in bands]
+            nodata = e.nodata if e.nodata is not None else src.nodata
+            masked = [any(f.name in ("per_dataset", "alpha") for f in src.mask_flag_enums[b - 1]) for b in bands]
+        if crs is None:
+            if (src.height, src.width) == g.shape and all(abs(a - b) < 1e-6 * max(1, abs(a))
+                                                          for a, b in zip(t, g.transform)):
+                crs = g.crs
+            else:
+                raise DatasetError(f"{rel}: the file has no CRS and its grid differs from the reference grid "
+                                   f"(manifest key '{e.key}'). Save it with its CRS or add crs = \"...\".")
+        sgrid = Grid(crs=crs, transform=wt, width=shape[1], height=shape[0])
+        shift = _pixel_shift(sgrid, g)
+        rs = Resampling.nearest
+        if shift is None and kind != "categorical":
+            if crs == g.crs:
+                sres = math.sqrt(sgrid.res[0] * sgrid.res[1])
+            else:
+                try:
+                    tr, _, _ = calculate_default_transform(crs, g.crs, sgrid.width, sgrid.height, *sgrid.bounds)
+                    sres = math.sqrt(abs(tr.a * tr.e))
+                except Exception:
+                    sres = math.sqrt(g.res[0] * g.res[1])
+            ratio = sres / math.sqrt(g.res[0] * g.res[1])
+            rs = Resampling.average if ratio < 0.98 else Resampling.bilinear
+        plan = _SourcePlan(path=str(p), offset=off, shape=shape, transform=tuple(wt)[:6], crs=crs.to_wkt(),
+                           bands=bands, nodata=None if nodata is None else float(nodata), scale=float(e.scale),
+                           add=float(e.offset), shift=shift, resampling=int(rs), masked=masked)
+        return plan, dtexts
+
+
+
+
+@dataclass
+class _SourcePlan:
+    """One source file of a lazily read role: its clip window, CRS, bands and resampling."""
+
+    path: str
+    offset: tuple[int, int]            # (row, col) of the clip window in the file
+    shape: tuple[int, int]             # clip window (rows, cols)
+    transform: tuple[float, ...]       # affine of the clip window
+    crs: str                           # WKT
+    bands: list[int]
+    nodata: float | None
+    scale: float
+    add: float
+    shift: tuple[int, int] | None      # clip window's upper-left on the grid when pixel-aligned
+    resampling: int
+    masked: list[bool]
+
+    def _read(self, src: Any, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Rows r0:r1, cols c0:c1 of the clip window: float64, NaN nodata, scaled."""
+        from rasterio.windows import Window
+
+        win = Window(self.offset[1] + c0, self.offset[0] + r0, c1 - c0, r1 - r0)
+        a = src.read(self.bands, window=win, masked=False).astype(np.float64)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            a[a == self.nodata] = np.nan
+        for k, b in enumerate(self.bands):
+            if self.masked[k]:
+                a[k][src.read_masks(b, window=win) == 0] = np.nan
+        a[np.isinf(a)] = np.nan
+        if self.scale != 1.0 or self.add != 0.0:
+            a = a * self.scale + self.add
+        return a
+
+    def block(self, grid: Grid, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """The grid block rows r0:r1, cols c0:c1 aligned from this file, (bands, h, w) float64."""
+        import rasterio
+        from affine import Affine
+        from rasterio.warp import reproject, transform_bounds
+        from rasterio.windows import from_bounds
+
+        h, w = r1 - r0, c1 - c0
+        out = np.full((len(self.bands), h, w), np.nan)
+        with rasterio.open(self.path) as src:
+            if self.shift is not None:
+                sr, sc = self.shift
+                a0, a1 = max(r0, sr), min(r1, sr + self.shape[0])
+                b0, b1 = max(c0, sc), min(c1, sc + self.shape[1])
+                if a1 > a0 and b1 > b0:
+                    out[:, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = self._read(src, a0 - sr, a1 - sr, b0 - sc, b1 - sc)
+                return out
+            crs = CRS.from_wkt(self.crs)
+            st = Affine(*self.transform)
+            # Warp whole-width strips: GDAL's approximate transformer interpolates along each destination
+            # row, so a strip reproduces the in-memory (whole-grid) warp exactly; blocks of a row then
+            # differ only in the columns they keep. Bands go in groups of ≤ ~64 MB.
+            W = grid.width
+            dt = grid.transform @ Affine.translation(0, r0)
+            left, top = dt @ (0, 0)
+            right, bottom = dt @ (W, h)
+            bb = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+            try:
+                sb = bb if crs == grid.crs else transform_bounds(grid.crs, crs, *bb, densify_pts=21)
+                sw = from_bounds(*sb, transform=st)
+            except Exception:
+                return out
+            m = 3
+            q0 = max(0, math.floor(sw.row_off) - m)
+            q1 = min(self.shape[0], math.ceil(sw.row_off + sw.height) + m)
+            p0 = max(0, math.floor(sw.col_off) - m)
+            p1 = min(self.shape[1], math.ceil(sw.col_off + sw.width) + m)
+            if q1 <= q0 or p1 <= p0:
+                return out
+            data = self._read(src, q0, q1, p0, p1)
+        group = max(1, int(64e6 // (8 * W * h)))
+        for b0 in range(0, data.shape[0], group):
+            strip = np.full((min(group, data.shape[0] - b0), h, W), np.nan)
+            reproject(source=data[b0:b0 + group], destination=strip, src_transform=st @ Affine.translation(p0, q0),
+                      src_crs=crs, dst_transform=dt, dst_crs=grid.crs, src_nodata=np.nan, dst_nodata=np.nan,
+                      resampling=Resampling(self.resampling), num_threads=1)
+            out[b0:b0 + group] = strip[:, :, c0:c1]
+        return out
+
+
+class _RoleReader:
+    """Picklable block function of :meth:`Dataset.layer_dask` (called with the mask block)."""
+
+    def __init__(self, plans: list[_SourcePlan], order: list[int], grid: Grid,
+                 convert: tuple[str, str | None, list[int]] | None):
+        self.plans, self.order, self.grid, self.convert = plans, order, grid, convert
+
+    def __call__(self, mask: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        (r0, r1), (c0, c1) = block_info[0]["array-location"]
+        parts = [pl.block(self.grid, r0, r1, c0, c1) for pl in self.plans]
+        stack = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        if self.order != list(range(stack.shape[0])):
+            stack = stack[self.order]
+        if self.convert is not None:
+            from . import units as U
+
+            q, declared, days = self.convert
+            stack = U.convert(stack, q, declared, np.asarray(days))
+        stack = np.asarray(stack, dtype=np.float64)
+        stack[:, ~mask] = np.nan
+        return stack
 
 
 def _freeze(obj: Any) -> None:

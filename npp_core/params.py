@@ -126,6 +126,12 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "mode": Setting("auto", "In-memory or chunked execution.", choices=("auto", "memory", "chunked")),
         "chunk": Setting(1024, "Block side for chunked execution.", "pixels", min=64, max=16384),
         "memory_gb": Setting(4.0, "Memory budget for automatic mode selection.", "GB", min=0.5),
+        "scheduler": Setting(
+            "", "Dask scheduler of chunked runs: empty = a local cluster of 2 worker processes (1 thread each) "
+            "started for the run; 'threads' = threads of this process (no cluster); else the address of a "
+            "running dask.distributed scheduler, e.g. tcp://10.0.0.5:8786."
+        ),
+        "cog": Setting(False, "Write the GeoTIFFs of chunked stages as Cloud-Optimized GeoTIFFs."),
     },
     "categories": {
         "C": Setting(["MAT", "MAP", "MAE", "MAS"], "Climate drivers."),

@@ -11,6 +11,15 @@ changed restores every stage from the cache.
 
 Downstream stages always read what upstream stages stored (float32 GeoTIFFs),
 so a cached rerun and a fresh run give identical results.
+
+Execution: each stage runs in memory or chunked (``run.mode``: "auto" picks from
+the grid size and ``run.memory_gb``; the choice and its reason are in
+``summary["run"]["execution"]``). Chunked stages read inputs window by window,
+run per-block work on a Dask client (:meth:`Context.client`: a local cluster of
+2 worker processes started on first use and closed when the run ends, a running
+scheduler given by ``run.scheduler`` / ``--scheduler``, or "threads") and write
+their GeoTIFFs block by block; their outputs equal the in-memory ones to
+floating-point rounding.
 """
 from __future__ import annotations
 
@@ -175,6 +184,49 @@ class Context:
         self.stage = ""
         self.fragments: dict[str, dict[str, Any]] = {}
         self.files: dict[str, list[str]] = {}
+        self._client: Any = None
+        self._cluster: Any = None
+
+    def client(self) -> Any:
+        """The ``dask.distributed`` client of chunked stages, started on first use; None = local threads.
+
+        ``run.scheduler``: "" starts a local cluster of 2 worker processes × 1 thread
+        for this run (closed when the run ends); "threads" (or "synchronous") uses
+        threads of this process and no cluster; anything else is the address of a
+        running scheduler (``tcp://host:8786``). While the run lasts the client is
+        Dask's default, so reductions (``dask.compute``) run there too. In-memory
+        stages never call this, so they pay no cluster start-up.
+        """
+        sched = str((self.params.get("run") or {}).get("scheduler", "") or "").strip()
+        if sched in ("threads", "synchronous"):
+            return None
+        if self._client is None:
+            from distributed import Client, LocalCluster
+
+            if sched:
+                try:
+                    self._client = Client(sched, set_as_default=True, timeout="20s")
+                except Exception as exc:
+                    raise StageError(
+                        f"run.scheduler = {sched!r}: cannot connect to a Dask scheduler there ({exc}). Start one "
+                        "(dask scheduler; dask worker ADDRESS on each machine), check the address, or set "
+                        "run.scheduler = \"\" for a local cluster."
+                    ) from None
+            else:
+                self._cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                             dashboard_address=None, silence_logs=40)
+                self._client = Client(self._cluster, set_as_default=True)
+        return self._client
+
+    def close(self) -> None:
+        """Close the client and the local cluster this run started (an external scheduler stays up)."""
+        for obj in (self._client, self._cluster):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:  # pragma: no cover - best effort at shutdown
+                    pass
+        self._client = self._cluster = None
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress of the current stage; raises :class:`Cancelled` when cancelled."""
@@ -238,8 +290,6 @@ def run(
         in its status; stages after it that need it are skipped, and the
         outputs of earlier stages stay in place.
     """
-    from .stages import STAGE_FUNCS  # late import: science modules load only when needed
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prog: ProgressFn = progress or (lambda s, f, m: None)
@@ -252,6 +302,26 @@ def run(
     failed: set[str] = set()
     timings: dict[str, float] = {}
     prev = _read_previous_summary(out)
+
+    try:
+        _run_stages(ctx, dataset, params, targets, cache, avail, statuses, keys, failed, timings, prog, out)
+    finally:
+        ctx.close()
+
+    summary = _assemble_summary(ctx, params, dataset, statuses, timings, prev)
+    write_json(out / "summary.json", summary)
+    files = {}
+    for s in STAGES:
+        for rel in ctx.files.get(s, []):
+            files[rel] = out / rel
+    files["summary.json"] = out / "summary.json"
+    return RunResult(out_dir=out, summary=summary, stages=statuses, files=files)
+
+
+def _run_stages(ctx: Context, dataset: Any, params: dict[str, Any], targets: list[str], cache: Any,
+                avail: dict[str, bool], statuses: list[StageStatus], keys: dict[str, str], failed: set[str],
+                timings: dict[str, float], prog: ProgressFn, out: Path) -> None:
+    from .stages import STAGE_FUNCS  # late import: science modules load only when needed
 
     for stage in targets:
         ctx.stage = stage
@@ -306,15 +376,6 @@ def run(
         except Exception as exc:  # a stage failure must not lose earlier results
             statuses.append(StageStatus(stage, "failed", time.perf_counter() - t0, _user_message(exc)))
             failed.add(stage)
-
-    summary = _assemble_summary(ctx, params, dataset, statuses, timings, prev)
-    write_json(out / "summary.json", summary)
-    files = {}
-    for s in STAGES:
-        for rel in ctx.files.get(s, []):
-            files[rel] = out / rel
-    files["summary.json"] = out / "summary.json"
-    return RunResult(out_dir=out, summary=summary, stages=statuses, files=files)
 
 
 def _user_message(exc: BaseException) -> str:

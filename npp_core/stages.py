@@ -8,6 +8,7 @@ module named for it (:mod:`estarfm`, :mod:`casa`, :mod:`drivers`,
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable
 
@@ -27,6 +28,17 @@ def stage_fusion(ctx: Context) -> dict[str, Any]:
 
     ds, p = ctx.ds, ctx.params["estarfm"]
     grid = ds.grid
+    roles = getattr(ds, "_roles", {})
+    n_dates = _n_bands(ds, "ndvi.fine_series") or _n_bands(ds, "ndvi.coarse")
+    if execution_mode(ctx, 2 * max(n_dates, 1)) == "chunked":
+        if "npp.annual" in roles and "ndvi.fine_series" not in roles and "ndvi.fine" not in roles:
+            return {"fusion": {"source": "skipped: ready NPP supplied"}, "_message": "skipped: ready NPP supplied"}
+        frag = _fusion_chunked(ctx)
+        if frag is not None:
+            return frag
+        ctx.fragments["_run"][ctx.stage] = {
+            "mode": "memory", "reason": "ESTARFM fusion has no chunked path yet: it runs in memory (supply a ready "
+            "[ndvi] fine_series for areas beyond the memory budget)"}
     if ds.npp_ready() is not None and ds.ndvi_series() is None and ds.ndvi_fine() is None:
         return {"fusion": {"source": "skipped: ready NPP supplied"}, "_message": "skipped: ready NPP supplied"}
     series = ds.ndvi_series()
@@ -67,6 +79,20 @@ def stage_fusion(ctx: Context) -> dict[str, Any]:
     return {"fusion": info}
 
 
+def _n_bands(ds: Any, role: str) -> int:
+    """Bands of a raster role from the file headers (no pixel read); 0 when absent."""
+    import rasterio
+
+    n = 0
+    for e in (getattr(ds, "_roles", {}) or {}).get(role, []):
+        try:
+            with rasterio.open(ds.root / e.path) as src:
+                n += src.count
+        except Exception:
+            continue
+    return n
+
+
 def execution_mode(ctx: Context, n_layers: int) -> str:
     """In-memory or chunked execution for a stage (``run.mode``, ``run.memory_gb``); recorded in the summary."""
     from .chunked import choose_mode
@@ -89,6 +115,9 @@ def stage_casa(ctx: Context) -> dict[str, Any]:
     from . import casa
 
     ds, p = ctx.ds, ctx.params["casa"]
+    n_months = _n_bands(ds, "climate.temperature") or 12
+    if execution_mode(ctx, 4 * n_months) == "chunked":
+        return _casa_chunked(ctx)
     grid, mask = ds.grid, ds.mask
     codes, classes, casa_type = ds.landcover()
     ready = ds.npp_ready()
@@ -131,13 +160,7 @@ def stage_casa(ctx: Context) -> dict[str, Any]:
             overrides=p.get("overrides") or None,
         )
         ctx.progress(0.2, "monthly NPP")
-        npp_fn = casa.npp_monthly
-        if execution_mode(ctx, 4 * len(use)) == "chunked":
-            from .chunked import casa_chunked
-
-            def npp_fn(*a: Any, **k: Any) -> np.ndarray:
-                return np.asarray(casa_chunked(*a, chunk=int(ctx.params["run"]["chunk"]), **k).compute())
-        npp = npp_fn(
+        npp = casa.npp_monthly(
             nd,
             T,
             P,
@@ -198,6 +221,8 @@ def stage_drivers(ctx: Context) -> dict[str, Any]:
     """Climate means, kriged soil, land degradation → ``drivers/<NAME>.tif``."""
     from . import drivers
 
+    if execution_mode(ctx, 3 * (_n_bands(ctx.ds, "climate.temperature") or 12)) == "chunked":
+        return _drivers_chunked(ctx)
     result = drivers.build_drivers(ctx.ds, ctx.params, progress=ctx.progress)
     grid = ctx.ds.grid
     for name, arr in result["layers"].items():
@@ -233,6 +258,8 @@ def stage_sampling(ctx: Context) -> dict[str, Any]:
     from . import attribution
 
     ds, p = ctx.ds, ctx.params["sampling"]
+    if execution_mode(ctx, 2 + len(ctx.fragments.get("drivers", {}).get("drivers", {}))) == "chunked":
+        return _sampling_chunked(ctx)
     npp = ctx.read("npp_mean.tif")[0][0]
     names, stack, cats = _driver_stack(ctx)
     valid = ds.mask & np.isfinite(npp) & np.all(np.isfinite(stack), axis=0)
@@ -262,23 +289,19 @@ def stage_lcc(ctx: Context) -> dict[str, Any]:
     from . import lcc
 
     p = ctx.params["lcc"]
+    n_drv = len(ctx.fragments.get("drivers", {}).get("drivers", {}))
+    mode = execution_mode(ctx, 2 + 3 + n_drv)
+    if mode == "chunked":
+        return _lcc_chunked_stage(ctx)
     npp = ctx.read("npp_mean.tif")[0][0]
     names, stack, _ = _driver_stack(ctx)
     mask = ctx.ds.mask & np.isfinite(npp)
-    mode = execution_mode(ctx, 2 + 3)
     shares = {}
     for j, n in enumerate(names):
         ctx.progress(j / len(names), f"LCC {n}")
         drv = np.where(mask, stack[j], np.nan)
         yy = np.where(mask, npp, np.nan)
-        if mode == "chunked":
-            from .chunked import lcc_chunked
-
-            rpn = np.asarray(lcc_chunked(drv, yy, int(p["window"]), int(p["min_valid"]),
-                                         chunk=int(ctx.params["run"]["chunk"])).compute())
-            r, pv, cnt = rpn[0], rpn[1], rpn[2]
-        else:
-            r, pv, cnt = lcc.local_correlation(drv, yy, int(p["window"]), min_valid=int(p["min_valid"]))
+        r, pv, cnt = lcc.local_correlation(drv, yy, int(p["window"]), min_valid=int(p["min_valid"]))
         rel = f"lcc/{n}.tif"
         write_raster(ctx.path(rel), np.stack([r, pv, cnt.astype(float)]), ctx.ds.grid, band_names=["r", "p", "n"])
         ctx.wrote(rel)
@@ -307,6 +330,8 @@ def stage_attribution(ctx: Context) -> dict[str, Any]:
     from . import attribution
 
     p = ctx.params["rf"]
+    if execution_mode(ctx, 8 + 2 * len(ctx.fragments.get("drivers", {}).get("drivers", {}))) == "chunked":
+        return _attribution_chunked(ctx)
     names, stack, cats = _driver_stack(ctx)
     categories = _categories(ctx, cats)
     X, y, rr, cc = _read_samples(ctx, names)
@@ -370,6 +395,10 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
     k_members = int(ep["members"])
     if k_members <= 0:
         return {"ensemble": {"members": 0}, "_message": "single run (ensemble.members = 0)"}
+    if execution_mode(ctx, 4 * k_members + 2 * len(ctx.fragments.get("drivers", {}).get("drivers", {}))) == "chunked":
+        raise StageError(
+            f"ensemble.members = {k_members}: ensembles have no chunked path (every member refits on the whole "
+            "driver stack); set run.mode = \"memory\" (on an area that fits run.memory_gb), or ensemble.members = 0.")
     vary = str(ep["vary"])
     rp, sp = ctx.params["rf"], ctx.params["sampling"]
     names, stack, cats = _driver_stack(ctx)
@@ -435,6 +464,9 @@ def stage_dominance(ctx: Context) -> dict[str, Any]:
     from . import attribution
     from .ensemble import EnsembleReducer
 
+    ens_members = ctx.fragments.get("ensemble", {}).get("ensemble", {}).get("members", 0)
+    if not ens_members and execution_mode(ctx, 10) == "chunked":
+        return _dominance_chunked(ctx)
     thr = float(ctx.params["dominance"]["threshold"])
     info = ctx.fragments.get("attribution", {}).get("attribution", {})
     cat_names = list(info.get("categories", []))
@@ -488,6 +520,759 @@ def stage_dominance(ctx: Context) -> dict[str, Any]:
             "intervals": iv,
         }
     return out
+
+
+# ================================================================ chunked execution
+# The same stages block by block (run.mode = "chunked", or "auto" beyond run.memory_gb): inputs are
+# read window by window (Dataset.layer_dask, chunked.open_dask), every output is written block by
+# block (chunked.write_many), sampling and model fitting stay in this process, per-block work runs
+# on the Dask client of the run (ctx.client(): a local cluster, an external scheduler, or threads).
+
+def _ch(ctx: Context) -> tuple[int, int]:
+    """Block sides (rows, cols): at most ``run.chunk``, with the blocks of each axis of equal size
+    (1066 rows at run.chunk 1024 → 2 × 533, not 1024 + 42), so the workers get even shares."""
+    c = int(ctx.params["run"]["chunk"])
+    return tuple(-(-n // -(-n // c)) for n in ctx.ds.grid.shape)  # type: ignore[return-value]
+
+
+def _block_progress(ctx: Context, lo: float, hi: float, what: str) -> Callable[[float, str], None]:
+    return lambda f, m="": ctx.progress(lo + (hi - lo) * f, f"{what}: {m}")
+
+
+def _write(ctx: Context, items: list[tuple[str, Any, dict[str, Any]]], lo: float, hi: float, what: str) -> None:
+    """Compute lazy arrays and write them block by block (tiled deflate GeoTIFFs; COG with run.cog)."""
+    from .chunked import write_many
+
+    cog = bool(ctx.params["run"].get("cog", False))
+    write_many([(ctx.path(rel), arr, {"cog": cog, **opt}) for rel, arr, opt in items], ctx.ds.grid,
+               client=ctx.client(), progress=_block_progress(ctx, lo, hi, what), chunk=_ch(ctx))
+    ctx.wrote(*[rel for rel, _, _ in items])
+
+
+def _lazy(ctx: Context, rel: str) -> Any:
+    """An output raster of an earlier stage as a lazy (bands, rows, cols) float64 Dask array."""
+    from .chunked import open_dask
+
+    p = ctx.out / rel
+    if not p.exists():
+        raise StageError(f"{rel} is missing from the output folder; run the stage that writes it first.")
+    return open_dask(p, _ch(ctx))[0]
+
+
+def _np_dask(ctx: Context, name: str, arr: np.ndarray) -> Any:
+    """A full-size in-memory array (mask, land-cover codes) as a Dask array of the run's blocks.
+
+    On a cluster the array is scattered to the workers once and blocks are cut there, so task
+    graphs refer to it by key instead of carrying a copy in every submission.
+    """
+    import dask.array as da
+
+    cache = ctx.__dict__.setdefault("_np_dask", {})
+    key = (name, _ch(ctx))
+    if key not in cache:
+        ch = _ch(ctx)
+        client = ctx.client()
+        if client is None:
+            cache[key] = da.from_array(arr, chunks=ch)
+        else:
+            fut = client.scatter(arr, broadcast=True, hash=True)
+            cache[key] = da.from_delayed(fut, shape=arr.shape, dtype=arr.dtype,
+                                         meta=np.empty((0,) * arr.ndim, dtype=arr.dtype)).rechunk(ch)
+    return cache[key]
+
+
+def _mask_dask(ctx: Context) -> Any:
+    return _np_dask(ctx, "mask", ctx.ds.mask)
+
+
+def _layer(ctx: Context, role: str) -> tuple[Any, list[Any] | None]:
+    """A dataset role read lazily on the run's blocks, masked with the run's (scattered) mask."""
+    return ctx.ds.layer_dask(role, _ch(ctx), mask=_mask_dask(ctx))
+
+
+def _blocks(ctx: Context) -> Any:
+    from .chunked import windows
+
+    return windows(ctx.ds.grid.shape, _ch(ctx))
+
+
+def _read_win(ctx: Context, rel: str, r0: int, r1: int, c0: int, c1: int, bands: list[int] | None = None) -> np.ndarray:
+    from .chunked import read_window
+
+    return read_window(ctx.out / rel, r0, r1, c0, c1, bands=bands)
+
+
+# ---------------------------------------------------------------- fusion (chunked)
+def _composite_block(b: np.ndarray, dates: list[Any], how: str) -> np.ndarray:
+    from .estarfm import monthly_composite
+
+    return monthly_composite(b, dates, how=how)[0]
+
+
+def _fusion_chunked(ctx: Context) -> dict[str, Any] | None:
+    """Ready fine series → monthly composite per block; None = not possible chunked (ESTARFM)."""
+    from .estarfm import monthly_composite
+
+    ds = ctx.ds
+    if "ndvi.fine_series" not in getattr(ds, "_roles", {}):
+        return None
+    stack, dates = _layer(ctx, "ndvi.fine_series")
+    how = str(ds.manifest.get("ndvi", {}).get("composite", "max"))
+    _, months = monthly_composite(np.zeros((len(dates), 1, 1)), dates, how=how)
+    monthly = stack.map_blocks(_composite_block, dates, how, chunks=((len(months),),) + stack.chunks[1:],
+                               dtype=np.float64, meta=np.empty((0, 0, 0)))
+    _write(ctx, [("ndvi_monthly.tif", monthly, {"band_names": list(months)})], 0.05, 0.95, "monthly composite")
+    return {"fusion": {"source": "fine_series", "n_dates": len(dates), "months": [months[0], months[-1]],
+                       "n_months": len(months), "composite": how}, "_message": "chunked execution"}
+
+
+# ---------------------------------------------------------------- casa (chunked)
+def _class_param_block(codes: np.ndarray, classes: dict, casa_type: dict, eps_table: dict, overrides: Any) -> np.ndarray:
+    from .casa import class_parameters
+
+    cp = class_parameters(codes, classes, casa_type, eps_max_table=eps_table, ndvi_range="zhu_table",
+                          overrides=overrides)
+    return np.stack([cp[k] for k in ("eps_max", "ndvi_min", "ndvi_max", "sr_min", "sr_max")])
+
+
+def _casa_post(npp: np.ndarray, eps: np.ndarray, mask: np.ndarray, fill: float) -> np.ndarray:
+    nonveg = mask & ~np.isfinite(eps)
+    out = np.where(nonveg[None], fill, npp)
+    return np.where(mask[None], out, np.nan)
+
+
+def _annual_block(npp: np.ndarray) -> np.ndarray:
+    from .casa import annual
+
+    return annual(npp)[0]
+
+
+def _mean_block(annual: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(annual, axis=0) if annual.shape[0] > 1 else annual[0]
+    return np.where(mask, mean, np.nan)[None]
+
+
+def _npp_stats_chunked(ctx: Context, codes: np.ndarray, classes: dict[int, str], years: list[int]) -> dict[str, Any]:
+    """:func:`casa.summary_stats` of ``npp_mean.tif`` plus the yearly means, from windowed reads (two passes)."""
+    from .casa import _class_codes, _fin
+
+    cc = _class_codes(codes, classes)
+    n = 0
+    s = 0.0
+    lo, hi = np.inf, -np.inf
+    per: dict[int, list[float]] = {c: [0, 0.0] for c in cc}
+    ys = np.zeros((len(years), 2))
+    for r0, r1, c0, c1 in _blocks(ctx):
+        x = _read_win(ctx, "npp_mean.tif", r0, r1, c0, c1)[0]
+        ok = np.isfinite(x)
+        v = x[ok]
+        if v.size:
+            n += v.size
+            s += float(v.sum())
+            lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
+        lc = codes[r0:r1, c0:c1]
+        for c in cc:
+            sel = x[(lc == c) & ok]
+            per[c][0] += sel.size
+            per[c][1] += float(sel.sum())
+        a = _read_win(ctx, "npp_annual.tif", r0, r1, c0, c1)
+        for i in range(len(years)):
+            f = np.isfinite(a[i])
+            ys[i] += (f.sum(), a[i][f].sum())
+    mean = s / n if n else np.nan
+    ss = 0.0
+    if n > 1:
+        for r0, r1, c0, c1 in _blocks(ctx):
+            x = _read_win(ctx, "npp_mean.tif", r0, r1, c0, c1)[0]
+            v = x[np.isfinite(x)]
+            ss += float(((v - mean) ** 2).sum())
+    sd = float(np.sqrt(ss / (n - 1))) if n > 1 else np.nan
+    cv = sd / mean * 100.0 if n > 1 and mean != 0 else np.nan
+    res: dict[str, Any] = {"mean": _fin(mean), "sd": _fin(sd), "cv": _fin(cv), "min": _fin(lo) if n else None,
+                           "max": _fin(hi) if n else None, "n": n, "by_class": {}, "count_by_class": {}}
+    for c, (k, t) in per.items():
+        res["by_class"][cc[c]] = _fin(t / k) if k else None
+        res["count_by_class"][cc[c]] = int(k)
+    res["by_year"] = {str(y): (float(t / k) if k else float("nan")) for y, (k, t) in zip(years, ys)}
+    return res
+
+
+def _validation_chunked(ctx: Context, codes: np.ndarray, classes: dict[int, str]) -> dict[str, Any]:
+    """Plots (windowed reads around each plot) and the per-class reference comparison (blockwise)."""
+    from affine import Affine
+
+    from . import casa
+    from .casa import _class_codes
+
+    ds, grid = ctx.ds, ctx.ds.grid
+    validation: dict[str, Any] = {"plots": [], "by_class": {}}
+    plots = ds.validation_plots()
+    if plots:
+        t = grid.transform
+        inv = ~t
+        px = (abs(t.a) + abs(t.e)) / 2.0
+        for pl in plots:
+            col_f, row_f = inv @ (float(pl["x"]), float(pl["y"]))
+            rad = pl.get("radius_m")
+            span = int(np.ceil(float(rad) / px)) + 2 if rad is not None and np.isfinite(float(rad)) else 2
+            r0, c0 = int(np.floor(row_f)), int(np.floor(col_f))
+            a0, a1 = max(r0 - span, 0), min(r0 + span + 1, grid.height)
+            b0, b1 = max(c0 - span, 0), min(c0 + span + 1, grid.width)
+            if a1 > a0 and b1 > b0:
+                win = _read_win(ctx, "npp_mean.tif", a0, a1, b0, b1)[0]
+                # the plot's pixels inside a window that reaches the raster edges where the raster does
+                res = casa.validate_plots(win, t @ Affine.translation(b0, a0), [pl])[0]
+                if not (0 <= r0 < grid.height and 0 <= c0 < grid.width) and res["n_pixels"] == 0:
+                    res["simulated"] = None
+            else:
+                res = casa.validate_plots(np.full((1, 1), np.nan), t @ Affine.translation(-10, -10), [pl])[0]
+            validation["plots"].append(res)
+    if "validation.reference_npp" in ds._roles:
+        ref = _layer(ctx, "validation.reference_npp")[0][0]
+        cc = _class_codes(codes, classes)
+        acc = {c: [0, 0.0, 0.0] for c in cc}
+        for r0, r1, c0, c1 in _blocks(ctx):
+            s = _read_win(ctx, "npp_mean.tif", r0, r1, c0, c1)[0]
+            r = np.asarray(ref[r0:r1, c0:c1].compute())
+            ok = np.isfinite(s) & np.isfinite(r)
+            lc = codes[r0:r1, c0:c1]
+            for c in cc:
+                sel = (lc == c) & ok
+                acc[c][0] += int(sel.sum())
+                acc[c][1] += float(s[sel].sum())
+                acc[c][2] += float(r[sel].sum())
+        validation["by_class"] = {cc[c]: {"simulated": (a[1] / a[0] if a[0] else None),
+                                          "reference": (a[2] / a[0] if a[0] else None), "n": a[0]}
+                                  for c, a in acc.items()}
+    return validation
+
+
+def _casa_chunked(ctx: Context) -> dict[str, Any]:
+    import dask.array as da
+
+    from . import casa
+    from .chunked import casa_chunked
+
+    ds, p = ctx.ds, ctx.params["casa"]
+    ch = _ch(ctx)
+    codes, classes, casa_type = ds.landcover()
+    md = _mask_dask(ctx)
+    info: dict[str, Any] = {}
+    if "npp.annual" in ds._roles:
+        annual, ydates = _layer(ctx, "npp.annual")
+        years = [d.year for d in ydates]
+        info["source"] = "ready NPP supplied"
+        items: list[tuple[str, Any, dict[str, Any]]] = []
+    else:
+        if p["ndvi_range"] != "zhu_table":
+            raise StageError(
+                f"casa.ndvi_range = {p['ndvi_range']!r} takes NDVI percentiles over every pixel of a class at once, "
+                "which chunked execution does not do; set casa.ndvi_range = \"zhu_table\" or run.mode = \"memory\"."
+            )
+        import rasterio
+
+        with rasterio.open(ctx.out / "ndvi_monthly.tif") as src:
+            months = [src.tags(b).get("DATE") or src.descriptions[b - 1] for b in range(1, src.count + 1)]
+        months = [str(m) for m in months]
+        clim: dict[str, tuple[Any, list[str]]] = {}
+        for var in ("temperature", "precipitation", "solar"):
+            if f"climate.{var}" not in ds._roles:
+                raise StageError(f"CASA needs [climate] {var} in dataset.toml (monthly series).")
+            clim[var] = _layer(ctx, f"climate.{var}")
+        common = [m for m in months if all(m in clim[v][1] for v in clim)]
+        years_ok = _whole_years(common)
+        if not years_ok:
+            raise StageError(
+                f"NDVI months ({months[0]}..{months[-1]}) and climate months share no whole calendar year; "
+                "supply climate for the same years as the NDVI series."
+            )
+        use = [m for m in common if m[:4] in years_ok]
+        nd = _lazy(ctx, "ndvi_monthly.tif")[[months.index(m) for m in use]]
+        T, P, S = (clim[v][0][[clim[v][1].index(m) for m in use]] for v in ("temperature", "precipitation", "solar"))
+        eps_table = {k: float(v) * float(p["eps_scale"]) for k, v in p["eps_max"].items()}
+        overrides = p.get("overrides") or None
+        table = casa.class_parameters(np.array(sorted(classes), dtype=np.int64)[None], classes, casa_type,
+                                      eps_max_table=eps_table, ndvi_range="zhu_table", overrides=overrides)["table"]
+        counts = np.bincount(codes[codes >= 0].ravel().astype(np.int64), minlength=max(classes) + 1)
+        for row in table:  # pixel counts of the whole grid (the table above was built on one pixel per class)
+            if "pixels" in row and "code" in row:
+                row["pixels"] = int(counts[int(row["code"])]) if 0 <= int(row["code"]) < counts.size else 0
+        cd = _np_dask(ctx, "landcover", codes)
+        cp = cd.map_blocks(_class_param_block, classes, casa_type, eps_table, overrides, new_axis=0,
+                           chunks=((5,),) + cd.chunks, dtype=np.float64, meta=np.empty((0, 0, 0)))
+        ctx.progress(0.1, "monthly NPP per block")
+        npp = casa_chunked(nd, T, P, S, cp[0], cp[1], cp[2], chunk=ch, halving=bool(p["halving"]),
+                           teps2_coef=float(p["teps2_coef"]), fpar_alpha=float(p["fpar_alpha"]),
+                           w_clip=tuple(p["w_clip"]), pet_zero=str(p["pet_zero"]), cold_limit=float(p["cold_limit"]),
+                           sr_min=cp[3], sr_max=cp[4])
+        fill = 0.0 if p["nonveg"] == "zero" else np.nan
+        npp = da.map_blocks(_casa_post, npp, cp[0].rechunk(npp.chunks[1:]), md.rechunk(npp.chunks[1:]), fill,
+                            dtype=np.float64)
+        annual = npp.map_blocks(_annual_block, chunks=((len(use) // 12,),) + npp.chunks[1:], dtype=np.float64)
+        years = [int(y) for y in years_ok]
+        items = [("npp_monthly.tif", npp, {"band_names": use})]
+        info.update(source="casa", months=[use[0], use[-1]], class_parameters=table)
+    mean = da.map_blocks(_mean_block, annual, md.rechunk(annual.chunks[1:]), dtype=np.float64,
+                         chunks=((1,),) + annual.chunks[1:])
+    items += [("npp_annual.tif", annual, {"band_names": [str(y) for y in years]}),
+              ("npp_mean.tif", mean, {"band_names": ["npp_mean"], "tags": {"units": "gC m-2 yr-1"}})]
+    _write(ctx, items, 0.1, 0.85, "NPP")
+    if info.get("source") == "casa":
+        lo, hi = 255, -1
+        for r0, r1, c0, c1 in _blocks(ctx):
+            a = _read_win(ctx, "npp_monthly.tif", r0, r1, c0, c1)
+            m = ds.mask[r0:r1, c0:c1]
+            if m.any():
+                vm = np.isfinite(a).reshape(len(use) // 12, 12, *a.shape[1:]).sum(axis=1)[:, m]
+                lo, hi = min(lo, int(vm.min())), max(hi, int(vm.max()))
+        info["valid_months"] = {"min": lo if hi >= 0 else None, "max": hi if hi >= 0 else None}
+    ctx.progress(0.9, "statistics")
+    stats = _npp_stats_chunked(ctx, codes, classes, years)
+    validation = _validation_chunked(ctx, codes, classes)
+    return {"npp": stats, "validation": validation, "casa": info, "_message": "chunked execution"}
+
+
+# ---------------------------------------------------------------- drivers (chunked)
+def _climate_block(cube: np.ndarray, labels: tuple[tuple[str, ...], ...], roles: tuple[str, ...],
+                   names: tuple[str, ...]) -> np.ndarray:
+    from . import drivers
+
+    bounds = np.cumsum([0] + [len(lab) for lab in labels])
+    items = {r: (cube[bounds[i]:bounds[i + 1]], list(lab)) for i, (r, lab) in enumerate(zip(roles, labels))}
+    res = drivers.climate_means(items.get("temperature"), items.get("precipitation"), items.get("solar"),
+                                items.get("evapotranspiration"))
+    return np.stack([res[n] for n in names])
+
+
+def _backtransform_block(pv: np.ndarray, log: bool, mask: np.ndarray) -> np.ndarray:
+    out = pv.copy()
+    if log:
+        out[0] = np.exp(pv[0] + pv[1] / 2.0)
+        out[1] = out[0] ** 2 * np.expm1(pv[1])
+    out[:, ~mask] = np.nan
+    return out
+
+
+def _krige_report(x: Any, y: Any, z: Any, gx: np.ndarray, gy: np.ndarray, *, model: str, log: bool,
+                  name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], dict[str, Any]]:
+    """The fitting part of :func:`kriging.krige_property` (samples, variogram, LOO, report)."""
+    from . import kriging as K
+
+    x, y, z, info = K.prepare_samples(x, y, z, grid_x=gx, grid_y=gy, name=name)
+    if log:
+        if np.any(z <= 0):
+            raise K.KrigingError(
+                f"{name}: the log transform needs positive values but {int((z <= 0).sum())} samples are <= 0; "
+                f"remove {name} from kriging.log_transform or fix the values")
+        zk = np.log(z)
+    else:
+        zk = z
+    if np.ptp(zk) == 0:
+        raise K.KrigingError(f"{name}: all {zk.size} sample values are equal ({z[0]}); nothing to krige — use a "
+                             "constant raster")
+    vg = K.fit_variogram(x, y, zk, model)
+    cv = K.loo(x, y, zk, vg)
+    if log:
+        pz = np.exp(cv["prediction"] + cv["variance"] / 2.0)
+        res = z - pz
+        st = K._loo_stats(z, pz, res, np.ones_like(res))
+        st["msdr"] = cv["msdr"]
+    else:
+        st = {k: cv[k] for k in ("me", "rmse", "r", "msdr")}
+    sill = vg["nugget"] + vg["psill"]
+    report: dict[str, Any] = {
+        "name": name, "model": vg["model"], "nugget": vg["nugget"], "psill": vg["psill"], "range": vg["range"],
+        "pykrige_range": vg["pykrige"]["range"], "loo_me": st["me"], "loo_rmse": st["rmse"], "loo_r": st["r"],
+        "msdr": st["msdr"], "nugget_sill_ratio": vg["nugget"] / sill, "n": int(z.size),
+        "n_dropped_nan": info["n_dropped_nan"], "n_duplicates": info["n_duplicates"], "n_outside": info["n_outside"],
+        "back_transform": "exp(y + s2/2) (lognormal)" if log else "none", "range_at_bound": vg["range_at_bound"],
+        "warnings": list(info["warnings"]),
+        "variogram": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vg.items() if k != "candidates"},
+    }
+    if vg["range_at_bound"]:
+        report["warnings"].append(f"{name}: the fitted range hit its search bound; the variogram shows no clear sill")
+    if "candidates" in vg:
+        report["candidates"] = vg["candidates"]
+    return x, y, zk, vg, report
+
+
+def _drivers_chunked(ctx: Context) -> dict[str, Any]:
+    import dask.array as da
+
+    from . import ahp
+    from .chunked import degradation_chunked, krige_chunked
+    from .drivers import DriverError
+
+    ds, params = ctx.ds, ctx.params
+    ch = _ch(ctx)
+    grid = ds.grid
+    md = _mask_dask(ctx)
+    layers: dict[str, Any] = {}
+    variances: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    ctx.progress(0.02, "climate means")
+    roles = tuple(v for v in ("temperature", "precipitation", "solar", "evapotranspiration")
+                  if f"climate.{v}" in ds._roles)
+    if roles:
+        from .drivers import climate_means
+
+        cl = {v: _layer(ctx, f"climate.{v}") for v in roles}
+        probe = {v: (np.zeros((len(cl[v][1]), 1, 1)), cl[v][1]) for v in roles}
+        names = tuple(climate_means(probe.get("temperature"), probe.get("precipitation"), probe.get("solar"),
+                                    probe.get("evapotranspiration")))
+        if names:
+            cube = da.concatenate([cl[v][0] for v in roles], axis=0).rechunk({0: -1})
+            stack = da.map_blocks(_climate_block, cube, labels=tuple(tuple(cl[v][1]) for v in roles),
+                                  roles=roles, names=names, chunks=((len(names),),) + cl[roles[0]][0].chunks[1:],
+                                  dtype=np.float64, meta=np.empty((0, 0, 0)))
+            for i, n in enumerate(names):
+                layers[n] = stack[i]
+                source[n] = "evapotranspiration raster" if n == "MAE" and "evapotranspiration" in roles else (
+                    "CASA water balance (annual EET)" if n == "MAE" else "climate series")
+    ready_soil = [r.split(".", 2)[2] for r in ds._roles if r.startswith("soil.rasters.")]
+    for n in ready_soil:
+        layers[n] = _layer(ctx, f"soil.rasters.{n}")[0][0]
+        source[n] = "supplied raster"
+    samples = ds.soil_samples()
+    if samples is not None:
+        kp = params["kriging"]
+        gx, gy = grid.xy()
+        reports = {}
+        props = [n for n in samples["values"] if n not in ready_soil]
+        for i, name in enumerate(props):
+            ctx.progress(0.05 + 0.15 * i / max(len(props), 1), f"variogram {name}")
+            log = name in kp["log_transform"]
+            x, y, zk, vg, rep = _krige_report(samples["x"], samples["y"], samples["values"][name], gx, gy,
+                                              model=kp["model"], log=log, name=name)
+            pv = krige_chunked(x, y, zk, vg, grid, chunk=ch, mask=ds.mask, n_closest=int(kp["n_closest"]),
+                               client=ctx.client())
+            pv = da.map_blocks(_backtransform_block, pv, log, md.rechunk(pv.chunks[1:]), dtype=np.float64)
+            layers[name], variances[name] = pv[0], pv[1]
+            source[name] = f"ordinary kriging ({rep.get('model')})"
+            reports[name] = rep
+        out["kriging"] = reports
+    ctx.progress(0.2, "land degradation")
+    if "degradation.raster" in ds._roles:
+        layers["LD"] = _layer(ctx, "degradation.raster")[0][0]
+        source["LD"] = "supplied raster"
+    else:
+        deg = ds.degradation_lazy(ch, mask=md)
+        if deg is not None:
+            dp = params["degradation"]
+            if dp.get("ahp_override"):
+                deg = dict(deg, ahp_names=dp["ahp_override"]["names"], ahp_matrix=np.asarray(dp["ahp_override"]["matrix"], float),
+                           ahp_file="the edited AHP matrix (degradation.ahp_override)")
+            names_ = list(deg["ahp_names"])
+            w, cr = ahp.weights(deg["ahp_matrix"])
+            info: dict[str, Any] = {"weights": dict(zip(names_, map(float, w))), "cr": float(cr), "consistent": bool(cr < 0.1)}
+            if cr >= 0.1:
+                ev = ahp.evaluate(deg["ahp_matrix"], names_)
+                info["disagreements"] = ev.get("disagreements")
+                if not dp["accept_inconsistent"]:
+                    raise DriverError(
+                        f"{deg.get('ahp_file', 'AHP matrix')}: {ev.get('message') or f'inconsistent (CR = {cr:.3f})'} "
+                        "Revise those judgements, or set degradation.accept_inconsistent = true to use it anyway.")
+            missing = [n for n in names_ if n not in deg["indicators"]]
+            if missing:
+                raise DriverError(f"AHP matrix names indicators with no raster: {', '.join(missing)}. "
+                                  "Add them under [degradation.indicators] or remove them from the matrix.")
+            ld, ld_info = degradation_chunked({n: deg["indicators"][n] for n in names_}, info["weights"], ds.mask,
+                                              direction=deg.get("direction") or {},
+                                              influence_distance=float(dp["influence_distance_m"]), chunk=ch)
+            info.update(ld_info or {})
+            out["ahp"] = info
+            layers["LD"] = ld
+            source["LD"] = "AHP-weighted degradation indicators"
+    cats: dict[str, list[str]] = {c: list(v) for c, v in params["categories"].items()}
+    for r in ds._roles:
+        if r.startswith("drivers."):
+            name = r.split(".", 1)[1]
+            layers[name] = _layer(ctx, r)[0][0]
+            source[name] = "supplied raster"
+            for members in cats.values():
+                if name in members:
+                    members.remove(name)
+            cats.setdefault(ds._roles[r][0].category or "M", []).append(name)
+    drv: dict[str, dict[str, str]] = {}
+    for cat, members in cats.items():
+        for n in members:
+            if n in layers:
+                drv[n] = {"category": cat, "source": source[n]}
+    empty = [c for c, members in cats.items() if not any(n in layers for n in members)]
+    for name in layers:
+        if name not in drv:
+            drv[name] = {"category": "other", "source": source[name]}
+    items: list[tuple[str, Any, dict[str, Any]]] = []
+    for name, arr in layers.items():
+        items.append((f"drivers/{name}.tif", da.where(md, arr, np.nan), {"band_names": [name]}))
+    for name, arr in variances.items():
+        items.append((f"drivers/{name}_variance.tif", da.where(md, arr, np.nan),
+                      {"band_names": [f"{name} kriging variance"]}))
+    if "LD" in layers:
+        items.append(("ld.tif", da.where(md, layers["LD"], np.nan), {"band_names": ["LD"]}))
+    _write(ctx, items, 0.25, 1.0, "driver layers")
+    out.update(drivers=drv, empty_categories=empty, _message="chunked execution")
+    return out
+
+
+# ---------------------------------------------------------------- sampling (chunked)
+def _driver_names(ctx: Context) -> tuple[list[str], dict[str, list[str]]]:
+    info = ctx.fragments.get("drivers", {}).get("drivers", {})
+    if not info:
+        raise StageError("no driver layers: the drivers stage did not run or produced nothing.")
+    names = list(info)
+    cats: dict[str, list[str]] = {}
+    for n in names:
+        cats.setdefault(info[n]["category"], []).append(n)
+    return names, cats
+
+
+def _valid_block(*blocks: np.ndarray) -> np.ndarray:
+    ok = blocks[-1].astype(bool)
+    for b in blocks[:-1]:
+        ok = ok & np.isfinite(b[0])
+    return ok
+
+
+def _valid_mask(ctx: Context, rels: list[str]) -> np.ndarray:
+    """Study-area mask & finite in every listed raster, computed block by block (bool, rows × cols)."""
+    import dask.array as da
+
+    md = _mask_dask(ctx)
+    arrs = [_lazy(ctx, r)[:1] for r in rels]
+    v = da.map_blocks(_valid_block, *arrs, md, dtype=bool, drop_axis=0, chunks=md.chunks,
+                      meta=np.empty((0, 0), dtype=bool))
+    return np.asarray(v.compute())
+
+
+def _sampling_chunked(ctx: Context) -> dict[str, Any]:
+    from . import attribution
+    from .chunked import values_at
+
+    ds, p = ctx.ds, ctx.params["sampling"]
+    names, _ = _driver_names(ctx)
+    rels = ["npp_mean.tif"] + [f"drivers/{n}.tif" for n in names]
+    ctx.progress(0.05, "valid pixels")
+    valid = _valid_mask(ctx, rels)
+    rows, cols = attribution.sample_points(valid, n=int(p["n_points"]), seed=int(p["seed"]))
+    ctx.progress(0.6, "values at the points")
+    vals = {r: values_at(ctx.out / r, rows, cols, chunk=max(_ch(ctx)), bands=[1])[0] for r in rels}
+    x, y = ds.grid.xy()
+    codes, classes, _ = ds.landcover()
+    X = np.stack([vals[f"drivers/{n}.tif"] for n in names], axis=1)
+    npp = vals["npp_mean.tif"]
+    table: dict[str, Any] = {"x": x[cols], "y": y[rows], "row": rows, "col": cols,
+                             "landcover": [classes.get(int(c), str(int(c))) for c in codes[rows, cols]], "NPP": npp}
+    for j, n in enumerate(names):
+        table[n] = X[:, j]
+    write_csv(ctx.path("samples.csv"), table)
+    ctx.wrote("samples.csv")
+    pear = attribution.pearson(X, npp, names)
+    return {"pearson": pear, "sampling": {"n_points": int(len(rows)), "n_valid_pixels": int(valid.sum()),
+                                          "seed": int(p["seed"])}, "_message": "chunked execution"}
+
+
+# ---------------------------------------------------------------- lcc (chunked)
+def _masked_pair(d: np.ndarray, y: np.ndarray, m: np.ndarray) -> np.ndarray:
+    mm = m & np.isfinite(y[0])
+    return np.stack([np.where(mm, d[0], np.nan), np.where(mm, y[0], np.nan)])
+
+
+def _global_stats_many(pairs: list[tuple[Any, Any]]) -> list[Any]:
+    """:func:`chunked.global_stats_chunked` of several (x, y) pairs in two passes over all of them."""
+    import dask
+    import dask.array as da
+
+    from .lcc import GlobalStats
+
+    first = []
+    for x, y in pairs:
+        v = da.isfinite(x) & da.isfinite(y)
+        first += [v.sum(dtype=np.float64), da.where(v, x, 0.0).sum(), da.where(v, y, 0.0).sum()]
+    sums = dask.compute(*first)
+    second, means = [], []
+    for i, (x, y) in enumerate(pairs):
+        n, sx, sy = sums[3 * i: 3 * i + 3]
+        mx, my = (float(sx / n), float(sy / n)) if n else (0.0, 0.0)
+        means.append((n, mx, my))
+        v = da.isfinite(x) & da.isfinite(y)
+        second += [(da.where(v, x - mx, 0.0) ** 2).sum(), (da.where(v, y - my, 0.0) ** 2).sum()]
+    ss = dask.compute(*second)
+    out = []
+    for i, (n, mx, my) in enumerate(means):
+        if n == 0:
+            out.append(GlobalStats(math.nan, math.nan, math.nan, math.nan))
+        else:
+            out.append(GlobalStats(mx, my, float(np.sqrt(ss[2 * i] / n)), float(np.sqrt(ss[2 * i + 1] / n))))
+    return out
+
+
+def _lcc_chunked_stage(ctx: Context) -> dict[str, Any]:
+    import dask.array as da
+
+    from . import lcc
+    from .chunked import lcc_chunked
+
+    p = ctx.params["lcc"]
+    names, _ = _driver_names(ctx)
+    md = _mask_dask(ctx)
+    npp = _lazy(ctx, "npp_mean.tif")
+    pairs = [da.map_blocks(_masked_pair, _lazy(ctx, f"drivers/{n}.tif"), npp, md, dtype=np.float64,
+                           chunks=((2,),) + md.chunks, meta=np.empty((0, 0, 0))) for n in names]
+    ctx.progress(0.02, "global centring of every driver")
+    stats = _global_stats_many([(pr[0], pr[1]) for pr in pairs])
+    items = [(f"lcc/{n}.tif", lcc_chunked(pr[0], pr[1], int(p["window"]), int(p["min_valid"]), chunk=_ch(ctx),
+                                          stats=st), {"band_names": ["r", "p", "n"]})
+             for n, pr, st in zip(names, pairs, stats)]
+    _write(ctx, items, 0.1, 0.9, f"LCC of {len(names)} drivers")
+    counts = {n: np.zeros(7, dtype=np.int64) for n in names}
+    for r0, r1, c0, c1 in _blocks(ctx):
+        y = _read_win(ctx, "npp_mean.tif", r0, r1, c0, c1)[0]
+        m = ctx.ds.mask[r0:r1, c0:c1] & np.isfinite(y)
+        for n in names:
+            a = _read_win(ctx, f"lcc/{n}.tif", r0, r1, c0, c1, bands=[1, 2])
+            codes = lcc.classify(a[0], a[1], m)
+            counts[n] += np.bincount(codes[codes != 0].ravel(), minlength=7)[:7]
+    shares = {}
+    for n in names:
+        c = counts[n]
+        n_all, n_def = int(c[1:].sum()), int(c[1:6].sum())
+        sh = {k: (100.0 * c[i] / n_def if n_def else 0.0) for i, k in zip(range(1, 6), lcc.SHARE_KEYS[:5])}
+        sh["undefined"] = 100.0 * c[6] / n_all if n_all else 0.0
+        shares[n] = sh
+    return {"lcc": shares, "_message": "chunked execution"}
+
+
+# ---------------------------------------------------------------- attribution (chunked)
+def _factorial_block(*blocks: np.ndarray, fit: Any, noise: float) -> np.ndarray:
+    from . import attribution
+
+    mask = blocks[-1].astype(bool)
+    stack = np.concatenate([b[:1] for b in blocks[:-1]], axis=0)
+    p, h, w = stack.shape
+    k = len(fit.categories)
+    out = np.full((2 * k, h, w), np.nan)
+    valid = mask & np.all(np.isfinite(stack), axis=0)
+    if valid.any():
+        from .chunked import _numba_threads
+
+        with _numba_threads(1):
+            pred = attribution.factorial_predict(fit, stack[:, valid].T)
+        rel, _, _ = attribution.relative_contributions(pred["actcon"], noise)
+        out[:k, valid] = pred["actcon"]
+        out[k:, valid] = rel
+    return out
+
+
+def _attribution_chunked(ctx: Context) -> dict[str, Any]:
+    import dataclasses
+
+    import dask
+    import dask.array as da
+
+    from . import attribution
+    from .chunked import values_at
+
+    p = ctx.params["rf"]
+    names, cats = _driver_names(ctx)
+    categories = _categories(ctx, cats)
+    X, y, rr, cc = _read_samples(ctx, names)
+    n_trees, seed = int(p["n_trees"]), int(p["seed"])
+    ctx.progress(0.02, "fitting the factorial forests")
+    fit = attribution.factorial_fit(X, y, names, categories, n_trees=n_trees, seed=seed, keep_model=True)
+    rels = [f"drivers/{n}.tif" for n in names]
+    ctx.progress(0.2, "noise floor")
+    valid = _valid_mask(ctx, rels)
+    flat = np.flatnonzero(valid.ravel())
+    idx = attribution.noise_pixel_index(np.arange(flat.size), NOISE_PIXELS, seed)
+    nr, nc = np.unravel_index(flat[idx], valid.shape)
+    del valid, flat
+    Xn = np.stack([values_at(ctx.out / r, nr, nc, chunk=max(_ch(ctx)), bands=[1])[0] for r in rels], axis=1)
+    noise = attribution.noise_floor(fit, Xn)
+    light = dataclasses.replace(fit, model_all=None)
+    client = ctx.client()
+    handle = client.scatter(light, broadcast=True, hash=True) if client is not None else \
+        dask.delayed(light, pure=True, traverse=False)
+    k = len(fit.categories)
+    md = _mask_dask(ctx)
+    res = da.map_blocks(_factorial_block, *[_lazy(ctx, r) for r in rels], md, fit=handle, noise=noise,
+                        chunks=((2 * k,),) + md.chunks, dtype=np.float64, meta=np.empty((0, 0, 0)))
+    cat_names = list(fit.categories)
+    _write(ctx, [("actcon.tif", res[:k], {"band_names": cat_names}), ("relcon.tif", res[k:], {"band_names": cat_names})],
+           0.25, 0.85, "factorial prediction")
+    ctx.progress(0.86, "importance")
+    imp = attribution.importance(X, y, names, measure=p["importance"], n_trees=n_trees, seed=seed,
+                                 categories=categories, model=fit.model_all)
+    ctx.progress(0.92, "spatial block cross-validation")
+    models = fit.models
+    models["all"]["cv_r2"] = attribution.block_cv_r2(X, y, rr, cc, blocks=int(p["cv_blocks"]), n_trees=n_trees, seed=seed)
+    sums, n = np.zeros(k), 0
+    for r0, r1, c0, c1 in _blocks(ctx):
+        act = _read_win(ctx, "actcon.tif", r0, r1, c0, c1)
+        rel = _read_win(ctx, "relcon.tif", r0, r1, c0, c1)
+        ok = np.isfinite(act).all(axis=0) & ~attribution.undetermined_mask(act, noise) & np.isfinite(rel).all(axis=0)
+        sums += rel[:, ok].sum(axis=1)
+        n += int(ok.sum())
+    rmean = {c: (float(sums[i] / n) if n else float("nan")) for i, c in enumerate(cat_names)}
+    return {
+        "importance": imp,
+        "models": models,
+        "relcon_mean": rmean,
+        "attribution": {"categories": cat_names, "noise_floor": noise, "empty_categories": list(fit.empty_categories),
+                        "n_trees": n_trees, "seed": seed},
+        "_message": "chunked execution",
+    }
+
+
+# ---------------------------------------------------------------- dominance (chunked)
+def _dominance_block(rel: np.ndarray, act: np.ndarray, cat_names: list[str], thr: float, noise: Any) -> np.ndarray:
+    from . import attribution
+
+    valid = np.all(np.isfinite(act), axis=0)
+    und = attribution.undetermined_mask(act, noise)
+    codes, _ = attribution.dominant_classes(rel, cat_names, threshold=thr, undetermined_mask=und)
+    codes = np.where(valid, codes, 0).astype(np.float64)
+    if {"S", "M", "C"}.issubset(cat_names):
+        rgb = attribution.rgb_composite(rel, ("S", "M", "C"), cat_names)
+        rgb = np.where(valid[None], rgb, 0).astype(np.float64)
+    else:
+        rgb = np.zeros((3,) + valid.shape)
+    return np.concatenate([codes[None], rgb, valid[None].astype(np.float64)])
+
+
+def _dominance_chunked(ctx: Context) -> dict[str, Any]:
+    import dask.array as da
+
+    from . import attribution
+
+    thr = float(ctx.params["dominance"]["threshold"])
+    info = ctx.fragments.get("attribution", {}).get("attribution", {})
+    cat_names = list(info.get("categories", []))
+    labels = attribution.category_codes(cat_names)
+    rel, act = _lazy(ctx, "relcon.tif"), _lazy(ctx, "actcon.tif")
+    res = da.map_blocks(_dominance_block, rel, act, cat_names, thr, info.get("noise_floor"),
+                        chunks=((5,),) + rel.chunks[1:], dtype=np.float64, meta=np.empty((0, 0, 0)))
+    items: list[tuple[str, Any, dict[str, Any]]] = [
+        ("dominant.tif", res[0], {"dtype": "uint8", "nodata": 0, "colormap": class_colours(labels),
+                                  "band_names": ["dominant"]})]
+    if {"S", "M", "C"}.issubset(cat_names):
+        items.append(("rgb.tif", res[1:4], {"dtype": "uint8", "band_names": ["R soil", "G mining", "B climate"],
+                                            "mask": res[4] > 0}))
+    _write(ctx, items, 0.05, 0.9, "dominant classes")
+    counts = np.zeros(max(labels) + 1, dtype=np.int64)
+    for r0, r1, c0, c1 in _blocks(ctx):
+        codes = _read_win(ctx, "dominant.tif", r0, r1, c0, c1)[0]
+        codes = np.where(np.isfinite(codes), codes, 0).astype(np.int64)
+        counts += np.bincount(codes[codes != 0].ravel(), minlength=max(labels) + 1)[: max(labels) + 1]
+    n = int(counts.sum())
+    shares = {lab: (100.0 * counts[c] / n if n else 0.0) for c, lab in sorted(labels.items()) if c != 0}
+    for stale in ("dominant_modal.tif", "dominant_agreement.tif", "ensemble/relcon.tif", "ensemble/relcon_mean.tif"):
+        (ctx.out / stale).unlink(missing_ok=True)
+    return {"dominant": {"threshold": thr, "codes": {str(k): v for k, v in labels.items()}, "area_share": shares},
+            "_message": "chunked execution"}
 
 
 STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
