@@ -44,8 +44,11 @@ on its workers; results stream back to this process, which writes them.
 The pipeline's chunked stages (:mod:`npp_core.stages`) compose these with the lazy dataset reader
 (:meth:`npp_core.dataset.Dataset.layer_dask`).
 
-Out of scope: ESTARFM fusion blocks (fusion runs in memory; supply a ready ``fine_series`` for areas
-beyond the memory budget), sampling and model fitting (they stay on the driver).
+* **ESTARFM** – :func:`fuse_series_chunked`: the whole image's similarity thresholds per fine pair
+  (computed strip by strip, bit-identical to the in-memory ones), then each block with a halo of half
+  the window; equal to :func:`npp_core.estarfm.fuse_series` exactly.
+
+Out of scope: sampling and model fitting (they stay on the driver).
 """
 from __future__ import annotations
 
@@ -1168,3 +1171,167 @@ def degradation_chunked(
     info.update(raw_min=float(rlo), raw_max=float(rhi), n_valid=int(n_valid))
     ld = da.map_blocks(_ld_block, *arrs, md, dtype=np.float64, raw=(float(rlo), float(rhi)), **kw)
     return ld, info
+
+
+# --------------------------------------------------------------------------- ESTARFM fusion
+def _estarfm_block(fb: np.ndarray, cb: np.ndarray, *, halo: int, fine_dates: tuple[Any, ...],
+                   coarse_dates: tuple[Any, ...], kwargs: dict[str, Any], thresholds: dict[Any, np.ndarray],
+                   threads: int | None, block_info: dict | None = None) -> np.ndarray:
+    """:func:`npp_core.estarfm.fuse_series` on one halo-extended block, cropped to the block's core."""
+    from .estarfm import fuse_series
+
+    with _numba_threads(threads):
+        out, _ = fuse_series(fb, list(fine_dates), cb, list(coarse_dates), thresholds=thresholds, **kwargs)
+    # map_overlap(trim=False): the block carries a halo only on sides facing another block
+    info = block_info[0]
+    (_, li, lj), (_, ni, nj) = info["chunk-location"], info["num-chunks"]
+    top = halo if li > 0 else 0
+    bottom = fb.shape[1] - (halo if li < ni - 1 else 0)
+    left = halo if lj > 0 else 0
+    right = fb.shape[2] - (halo if lj < nj - 1 else 0)
+    return out[:, top:bottom, left:right]
+
+
+def _pair_thresholds(f1: da.Array, f2: da.Array, classes: int, names: tuple[str, str]) -> np.ndarray:
+    """:func:`npp_core.estarfm.similarity_thresholds` of two lazy fine images, bit for bit.
+
+    The values valid in both images are gathered in row-major order (whole-width row strips,
+    computed strip by strip), then ``np.std(..., ddof=1)`` runs on exactly the arrays the
+    in-memory code builds. Peak memory: two float64 values per pixel valid in both images
+    (plus one temporary of ``np.std``), never a full image stack.
+    """
+    from .estarfm import EstarfmError
+
+    rows = f1.shape[0]
+    step = max(1, int(f1.chunks[0][0]))
+    v1: list[np.ndarray] = []
+    v2: list[np.ndarray] = []
+    for r0 in range(0, rows, step):
+        a, b = dask.compute(f1[r0:r0 + step], f2[r0:r0 + step])
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        ok = np.isfinite(a) & np.isfinite(b)
+        v1.append(a[ok])
+        v2.append(b[ok])
+    x1, x2 = np.concatenate(v1), np.concatenate(v2)
+    del v1, v2
+    if x1.size < 2:
+        raise EstarfmError(f"fine images {names[0]} / {names[1]}: fewer than two pixels are valid in both fine "
+                           "images; nothing to fuse. Check their nodata values and the study area.")
+    return np.asarray([np.std(x1, ddof=1) * 2.0 / classes, np.std(x2, ddof=1) * 2.0 / classes], dtype=np.float64)
+
+
+def fuse_series_chunked(
+    fine: Any,
+    fine_dates: Sequence[Any],
+    coarse: Any,
+    coarse_dates: Sequence[Any],
+    *,
+    window: int = 51,
+    classes: int = 4,
+    valid_range: tuple[float, float] = (-1.0, 1.0),
+    max_pair_gap_days: int = 8,
+    extrapolate: bool = True,
+    chunk: int | tuple[int, int] = 1024,
+    threads: int | None = 1,
+) -> tuple[da.Array, list[dict[str, Any]]]:
+    """ESTARFM fusion of a coarse series (:func:`npp_core.estarfm.fuse_series`) block by block.
+
+    Every block is fused with a halo of ``window // 2`` pixels (``dask.array.map_overlap``,
+    ``boundary="none"``: true raster edges get no halo, and the kernel truncates its windows
+    at the edges of the array it is given, which are then the raster edges) and with the
+    similarity thresholds of the *whole* image for each fine pair, so every block uses the
+    whole image's similar-pixel rule and reproduces the in-memory result.
+
+    The thresholds (``std(image, ddof=1) · 2 / classes`` over the pixels valid in both fine
+    images) are computed on this process before the fusion, one fine pair at a time: the
+    values valid in both images are gathered strip by strip and ``np.std`` runs on them, so
+    they equal the in-memory numbers bit for bit (a blockwise Dask reduction sums in another
+    order and differs in the last bits, which can flip a similar-pixel test). This reads each
+    fine image once per pair it belongs to and holds two float64 values per valid pixel.
+
+    Parameters
+    ----------
+    fine : ndarray or dask.array, shape (n_fine, rows, cols)
+        Fine images (e.g. Landsat NDVI), NaN = missing, n_fine >= 2.
+    fine_dates : sequence of datetime.date, length n_fine
+        Their dates (any order, no duplicates).
+    coarse : ndarray or dask.array, shape (n_coarse, rows, cols)
+        Coarse images resampled onto the fine grid, NaN = missing.
+    coarse_dates : sequence of datetime.date, length n_coarse
+        Their dates (any order, no duplicates).
+    window, classes, valid_range, max_pair_gap_days, extrapolate
+        As :func:`npp_core.estarfm.fuse_series` (window in fine pixels, odd >= 3).
+    chunk : int or (int, int)
+        Core block side(s) in pixels; a last block shorter than the halo joins its neighbour.
+    threads : int or None
+        numba threads per block (1: blocks run in parallel instead; None: numba's default).
+
+    Returns
+    -------
+    fused : dask.array, shape (n_coarse, rows, cols), float64
+        Predicted fine images in the order of ``coarse_dates``; NaN where undefined. One
+        spatial chunk per block, all dates in each.
+    info : list of dict, one per coarse date (same order)
+        ``{"date": date, "pair": [d1, d2], "extrapolated": bool}`` as
+        :func:`npp_core.estarfm.fuse_series`, but *without* ``"nodata_pixels"`` (it would need
+        a pass over the result: count NaN in ``fused`` or in the written file if needed).
+
+    Raises
+    ------
+    EstarfmError
+        As :func:`npp_core.estarfm.fuse_series` for the settings, shapes and dates (checked
+        here before any block runs). The check that the values lie in ``valid_range`` (wrong
+        units) runs per block, on the block's values.
+
+    Notes
+    -----
+    Numerics: equal to the in-memory :func:`~npp_core.estarfm.fuse_series` to the last bit
+    (the kernel's arithmetic for a pixel depends only on its window and the thresholds).
+    """
+    from . import estarfm as E
+
+    w, _, _ = E._check_settings(window, classes, valid_range)
+    fd_ = fine if isinstance(fine, da.Array) else da.from_array(np.asarray(fine), chunks=-1)
+    cd_ = coarse if isinstance(coarse, da.Array) else da.from_array(np.asarray(coarse), chunks=-1)
+    if fd_.ndim != 3 or cd_.ndim != 3:
+        raise E.EstarfmError(
+            f"fine {fd_.shape} / coarse {cd_.shape}: expected (n, rows, cols) stacks of single-band images "
+            "(fuse several bands in memory with estarfm.fuse_series)."
+        )
+    if fd_.shape[0] < 2:
+        raise E.EstarfmError(f"fine: {fd_.shape[0]} fine image(s); ESTARFM needs at least two fine dates (a pair).")
+    if fd_.shape[1:] != cd_.shape[1:]:
+        raise E.EstarfmError(
+            f"fine images {fd_.shape[1:]} and coarse images {cd_.shape[1:]} differ in shape: resample the coarse "
+            "series onto the fine grid first."
+        )
+    fd = E._check_dates("fine_dates", fine_dates, fd_.shape[0])
+    cdates = E._check_dates("coarse_dates", coarse_dates, cd_.shape[0])
+    _, groups, info = E._plan_series(fd, cdates, max_pair_gap_days, extrapolate)
+
+    depth = w // 2
+    rows, cols = fd_.shape[1:]
+    ch = (chunk, chunk) if np.isscalar(chunk) else tuple(chunk)
+    spatial = (_split(rows, int(ch[0]), depth), _split(cols, int(ch[1]), depth))
+    fd_ = fd_.astype(np.float64).rechunk(((fd_.shape[0],),) + spatial)
+    cd_ = cd_.astype(np.float64).rechunk(((cd_.shape[0],),) + spatial)
+
+    thresholds: dict[Any, np.ndarray] = {}
+    for i1, i2 in sorted(groups, key=lambda k: fd[k[0]]):
+        names = (fd[i1].isoformat(), fd[i2].isoformat())
+        thresholds[(fd[i1], fd[i2])] = _pair_thresholds(fd_[i1], fd_[i2], int(classes), names)
+
+    kwargs = dict(window=w, classes=int(classes), valid_range=tuple(float(v) for v in valid_range),
+                  max_pair_gap_days=int(max_pair_gap_days), extrapolate=bool(extrapolate))
+    fused = da.map_overlap(
+        _estarfm_block, fd_, cd_,
+        depth={0: 0, 1: depth, 2: depth}, boundary="none", trim=False, align_arrays=False, allow_rechunk=False,
+        chunks=((cd_.shape[0],),) + spatial, dtype=np.float64, meta=np.empty((0, 0, 0), dtype=np.float64),
+        halo=depth, fine_dates=tuple(fd), coarse_dates=tuple(cdates), kwargs=kwargs, thresholds=thresholds,
+        threads=threads,
+    )
+    return fused, [dict(r) for r in info]
+
+
+__all__.append("fuse_series_chunked")

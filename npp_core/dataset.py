@@ -357,6 +357,31 @@ def _fmt_range(a: np.ndarray) -> str:
     return f"{f.min():.4g} to {f.max():.4g}"
 
 
+def _clip_window(src: Any, crs: CRS | None, g: Grid) -> Any:
+    """Window of an open raster covering the reference grid (2-pixel margin), or None to read it whole.
+
+    None when the raster is rotated, has no CRS, or the window would hold ≥ 80 % of it anyway.
+    """
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window, from_bounds
+
+    try:
+        t = src.transform
+        if crs is None or t.b != 0 or t.d != 0 or t.e >= 0:
+            return None
+        gb = g.bounds if crs == g.crs else transform_bounds(g.crs, crs, *g.bounds, densify_pts=21)
+        w = from_bounds(*gb, transform=t)
+        c0 = max(0, math.floor(w.col_off) - 2)
+        r0 = max(0, math.floor(w.row_off) - 2)
+        c1 = min(src.width, math.ceil(w.col_off + w.width) + 2)
+        r1 = min(src.height, math.ceil(w.row_off + w.height) + 2)
+        if c1 > c0 and r1 > r0 and (c1 - c0) * (r1 - r0) < 0.8 * src.width * src.height:
+            return Window(c0, r0, c1 - c0, r1 - r0)
+    except Exception:
+        return None
+    return None
+
+
 def _month_label(d: _dt.date) -> str:
     return f"{d.year:04d}-{d.month:02d}"
 
@@ -1063,8 +1088,6 @@ class Dataset:
         dates : list of band date texts (DATE tag or description) or None
         full_shape : (rows, cols) of the whole file
         """
-        from rasterio.warp import transform_bounds
-        from rasterio.windows import Window, from_bounds
 
         with open_checked(p) as src:
             full_shape = (src.height, src.width)
@@ -1077,21 +1100,7 @@ class Dataset:
             explicit = isinstance(e.raw, dict) and "crs" in e.raw
             crs = _crs_or_none(e.crs) if e.crs and (explicit or not src.crs) else (
                 CRS.from_user_input(src.crs) if src.crs else None)
-            win = None
-            try:
-                t = src.transform
-                if crs is not None and t.b == 0 and t.d == 0 and t.e < 0:
-                    g = self.grid
-                    gb = g.bounds if crs == g.crs else transform_bounds(g.crs, crs, *g.bounds, densify_pts=21)
-                    w = from_bounds(*gb, transform=t)
-                    c0 = max(0, math.floor(w.col_off) - 2)
-                    r0 = max(0, math.floor(w.row_off) - 2)
-                    c1 = min(src.width, math.ceil(w.col_off + w.width) + 2)
-                    r1 = min(src.height, math.ceil(w.row_off + w.height) + 2)
-                    if c1 > c0 and r1 > r0 and (c1 - c0) * (r1 - r0) < 0.8 * src.width * src.height:
-                        win = Window(c0, r0, c1 - c0, r1 - r0)
-            except Exception:
-                win = None
+            win = _clip_window(src, crs, self.grid)
             if win is not None:
                 idx = list(range(1, src.count + 1))
                 try:
@@ -2249,8 +2258,7 @@ class Dataset:
 
     def _source_plan(self, p: Path, e: Entry, kind: str, series: bool) -> tuple["_SourcePlan", list[str | None]]:
         """Where a block of the reference grid comes from in one file (no pixel is read)."""
-        from rasterio.warp import calculate_default_transform, transform_bounds
-        from rasterio.windows import Window, from_bounds
+        from rasterio.warp import calculate_default_transform
 
         g = self.grid
         rel = self._rel(p)
@@ -2262,20 +2270,8 @@ class Dataset:
             explicit = isinstance(e.raw, dict) and "crs" in e.raw
             file_crs = CRS.from_user_input(src.crs) if src.crs else None
             crs = _crs_or_none(e.crs) if e.crs and (explicit or file_crs is None) else file_crs
-            win = None
             t = src.transform
-            try:  # the same clip window as the in-memory reader (_read_clipped)
-                if crs is not None and t.b == 0 and t.d == 0 and t.e < 0:
-                    gb = g.bounds if crs == g.crs else transform_bounds(g.crs, crs, *g.bounds, densify_pts=21)
-                    w = from_bounds(*gb, transform=t)
-                    c0 = max(0, math.floor(w.col_off) - 2)
-                    r0 = max(0, math.floor(w.row_off) - 2)
-                    c1 = min(src.width, math.ceil(w.col_off + w.width) + 2)
-                    r1 = min(src.height, math.ceil(w.row_off + w.height) + 2)
-                    if c1 > c0 and r1 > r0 and (c1 - c0) * (r1 - r0) < 0.8 * src.width * src.height:
-                        win = Window(c0, r0, c1 - c0, r1 - r0)
-            except Exception:
-                win = None
+            win = _clip_window(src, crs, g)  # the same clip window as the in-memory reader (_read_clipped)
             if win is None:
                 off, shape, wt = (0, 0), (src.height, src.width), t
             else:

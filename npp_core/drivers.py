@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["climate_means", "build_drivers", "DriverError"]
+__all__ = ["climate_means", "build_drivers", "ahp_setup", "categorise", "DriverError"]
 
 
 class DriverError(ValueError):
@@ -164,27 +164,8 @@ def build_drivers(
         if deg is not None:
             from . import ahp
 
+            deg, names, info = ahp_setup(deg, params["degradation"])
             dp = params["degradation"]
-            if dp.get("ahp_override"):
-                deg = dict(deg, ahp_names=dp["ahp_override"]["names"], ahp_matrix=np.asarray(dp["ahp_override"]["matrix"], float),
-                           ahp_file="the edited AHP matrix (degradation.ahp_override)")
-            names = list(deg["ahp_names"])
-            w, cr = ahp.weights(deg["ahp_matrix"])
-            info: dict[str, Any] = {"weights": dict(zip(names, map(float, w))), "cr": float(cr), "consistent": bool(cr < 0.1)}
-            if cr >= 0.1:
-                ev = ahp.evaluate(deg["ahp_matrix"], names)
-                info["disagreements"] = ev.get("disagreements")
-                if not dp["accept_inconsistent"]:
-                    raise DriverError(
-                        f"{deg.get('ahp_file', 'AHP matrix')}: {ev.get('message') or f'inconsistent (CR = {cr:.3f})'} "
-                        "Revise those judgements, or set degradation.accept_inconsistent = true to use it anyway."
-                    )
-            missing = [n for n in names if n not in deg["indicators"]]
-            if missing:
-                raise DriverError(
-                    f"AHP matrix names indicators with no raster: {', '.join(missing)}. "
-                    "Add them under [degradation.indicators] or remove them from the matrix."
-                )
             ld, ld_info = ahp.degradation_index(
                 {n: deg["indicators"][n] for n in names},
                 info["weights"],
@@ -208,6 +189,87 @@ def build_drivers(
                 members.remove(name)
         cats.setdefault(cat, []).append(name)
 
+    drivers, empty = categorise(layers, source, cats)
+    for name in list(layers):
+        layers[name] = np.where(mask, layers[name], np.nan)
+    for name in list(variances):
+        variances[name] = np.where(mask, variances[name], np.nan)
+    out.update(layers=layers, variances=variances, drivers=drivers, empty_categories=empty)
+    prog(1.0, "drivers done")
+    return out
+
+
+def ahp_setup(deg: dict[str, Any], dp: dict[str, Any]) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """AHP weights of the degradation indicators, with the user's edited matrix and the consistency rule.
+
+    Parameters
+    ----------
+    deg : dict
+        ``Dataset.degradation()`` (or its lazy variant): ``ahp_names``, ``ahp_matrix`` (n, n),
+        ``indicators`` {name: raster}, optional ``ahp_file``.
+    dp : dict
+        The ``[degradation]`` settings (``ahp_override``, ``accept_inconsistent``).
+
+    Returns
+    -------
+    deg : dict
+        ``deg`` with the override applied.
+    names : list of str
+        Indicator names in matrix order.
+    info : dict
+        ``weights`` {name: weight, sum 1}, ``cr`` (consistency ratio), ``consistent`` (CR < 0.1),
+        ``disagreements`` when inconsistent.
+
+    Raises
+    ------
+    DriverError
+        An inconsistent matrix (CR ≥ 0.1) without ``accept_inconsistent``, or a matrix naming an
+        indicator with no raster.
+    """
+    from . import ahp
+
+    if dp.get("ahp_override"):
+        deg = dict(deg, ahp_names=dp["ahp_override"]["names"], ahp_matrix=np.asarray(dp["ahp_override"]["matrix"], float),
+                   ahp_file="the edited AHP matrix (degradation.ahp_override)")
+    names = list(deg["ahp_names"])
+    w, cr = ahp.weights(deg["ahp_matrix"])
+    info: dict[str, Any] = {"weights": dict(zip(names, map(float, w))), "cr": float(cr), "consistent": bool(cr < 0.1)}
+    if cr >= 0.1:
+        ev = ahp.evaluate(deg["ahp_matrix"], names)
+        info["disagreements"] = ev.get("disagreements")
+        if not dp["accept_inconsistent"]:
+            raise DriverError(
+                f"{deg.get('ahp_file', 'AHP matrix')}: {ev.get('message') or f'inconsistent (CR = {cr:.3f})'} "
+                "Revise those judgements, or set degradation.accept_inconsistent = true to use it anyway."
+            )
+    missing = [n for n in names if n not in deg["indicators"]]
+    if missing:
+        raise DriverError(
+            f"AHP matrix names indicators with no raster: {', '.join(missing)}. "
+            "Add them under [degradation.indicators] or remove them from the matrix."
+        )
+    return deg, names, info
+
+
+def categorise(
+    layers: dict[str, Any], source: dict[str, str], cats: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Category and source of every driver layer, and the categories left without a layer.
+
+    Parameters
+    ----------
+    layers : dict name -> raster (any array type)
+    source : dict name -> str
+        How each layer was made.
+    cats : dict category -> list of driver names
+
+    Returns
+    -------
+    drivers : dict name -> {"category", "source"}
+        Layers no category lists get the category ``"other"``.
+    empty : list of str
+        Categories none of whose drivers has a layer.
+    """
     drivers: dict[str, dict[str, str]] = {}
     for cat, members in cats.items():
         for n in members:
@@ -218,10 +280,4 @@ def build_drivers(
         if name not in drivers:
             # a computed layer the categories do not list: keep it, as its own category "other"
             drivers[name] = {"category": "other", "source": source[name]}
-    for name in list(layers):
-        layers[name] = np.where(mask, layers[name], np.nan)
-    for name in list(variances):
-        variances[name] = np.where(mask, variances[name], np.nan)
-    out.update(layers=layers, variances=variances, drivers=drivers, empty_categories=empty)
-    prog(1.0, "drivers done")
-    return out
+    return drivers, empty

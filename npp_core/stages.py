@@ -37,8 +37,7 @@ def stage_fusion(ctx: Context) -> dict[str, Any]:
         if frag is not None:
             return frag
         ctx.fragments["_run"][ctx.stage] = {
-            "mode": "memory", "reason": "ESTARFM fusion has no chunked path yet: it runs in memory (supply a ready "
-            "[ndvi] fine_series for areas beyond the memory budget)"}
+            "mode": "memory", "reason": "no NDVI input to fuse chunked: the in-memory path reports what is missing"}
     if ds.npp_ready() is not None and ds.ndvi_series() is None and ds.ndvi_fine() is None:
         return {"fusion": {"source": "skipped: ready NPP supplied"}, "_message": "skipped: ready NPP supplied"}
     series = ds.ndvi_series()
@@ -110,6 +109,18 @@ def _whole_years(labels: list[str]) -> list[str]:
     return [y for y, n in years.items() if n == 12]
 
 
+def _shared_months(months: list[str], climate_months: list[set[str]]) -> list[str]:
+    """NDVI months ("YYYY-MM") of the whole calendar years every climate variable also covers."""
+    common = [m for m in months if all(m in c for c in climate_months)]
+    years_ok = _whole_years(common)
+    if not years_ok:
+        raise StageError(
+            f"NDVI months ({months[0]}..{months[-1]}) and climate months share no whole calendar year; "
+            "supply climate for the same years as the NDVI series."
+        )
+    return [m for m in common if m[:4] in years_ok]
+
+
 def stage_casa(ctx: Context) -> dict[str, Any]:
     """CASA monthly NPP → ``npp_monthly.tif``, ``npp_annual.tif``, ``npp_mean.tif`` + statistics."""
     from . import casa
@@ -135,14 +146,7 @@ def stage_casa(ctx: Context) -> dict[str, Any]:
             if c is None:
                 raise StageError(f"CASA needs [climate] {var} in dataset.toml (monthly series).")
             clim[var] = dict(zip(c[1], c[0]))
-        common = [m for m in months if all(m in clim[v] for v in clim)]
-        years_ok = _whole_years(common)
-        if not years_ok:
-            raise StageError(
-                f"NDVI months ({months[0]}..{months[-1]}) and climate months share no whole calendar year; "
-                "supply climate for the same years as the NDVI series."
-            )
-        use = [m for m in common if m[:4] in years_ok]
+        use = _shared_months(months, [set(clim[v]) for v in clim])
         idx = [months.index(m) for m in use]
         nd = ndvi[idx]
         T = np.stack([clim["temperature"][m] for m in use])
@@ -185,7 +189,7 @@ def stage_casa(ctx: Context) -> dict[str, Any]:
         ctx.wrote("npp_monthly.tif")
         ctx.progress(0.8, "annual sums")
         annual, valid_months = casa.annual(npp)
-        years = [int(y) for y in years_ok]
+        years = sorted({int(m[:4]) for m in use})
         info.update(
             source="casa",
             months=[use[0], use[-1]],
@@ -610,20 +614,50 @@ def _composite_block(b: np.ndarray, dates: list[Any], how: str) -> np.ndarray:
 
 
 def _fusion_chunked(ctx: Context) -> dict[str, Any] | None:
-    """Ready fine series → monthly composite per block; None = not possible chunked (ESTARFM)."""
+    """Fusion block by block: ESTARFM (fine + coarse roles) with ``window // 2`` halos, or the ready
+    fine series; then the monthly composite per block. None = no NDVI input to fuse (the caller decides)."""
+    import dask.array as da
+
+    from .chunked import fuse_series_chunked
     from .estarfm import monthly_composite
 
     ds = ctx.ds
-    if "ndvi.fine_series" not in getattr(ds, "_roles", {}):
-        return None
-    stack, dates = _layer(ctx, "ndvi.fine_series")
+    roles = getattr(ds, "_roles", {})
     how = str(ds.manifest.get("ndvi", {}).get("composite", "max"))
+    if "ndvi.fine_series" in roles:
+        stack, dates = _layer(ctx, "ndvi.fine_series")
+        source: dict[str, Any] = {"source": "fine_series", "n_dates": len(dates)}
+        items: list[tuple[str, Any, dict[str, Any]]] = []
+    elif "ndvi.fine" in roles and "ndvi.coarse" in roles:
+        p = ctx.params["estarfm"]
+        ctx.client()  # the run's Dask client (if any) is the default for the threshold passes too
+        fine, fine_dates = _layer(ctx, "ndvi.fine")
+        coarse, dates = _layer(ctx, "ndvi.coarse")
+        ctx.progress(0.02, "ESTARFM: global similarity thresholds of the fine pairs")
+        fused, pairs = fuse_series_chunked(
+            fine, fine_dates, coarse, dates, window=int(p["window"]), classes=int(p["classes"]),
+            valid_range=(-1.0, 1.0), max_pair_gap_days=int(p["max_pair_gap_days"]),
+            extrapolate=bool(p["extrapolate"]), chunk=_ch(ctx))
+        stack = da.where(_mask_dask(ctx)[None], fused, np.nan)
+        source = {"source": "estarfm", "n_dates": len(dates), "pairs": pairs}
+        items = [("ndvi_fused.tif", stack, {"band_names": [d.isoformat() for d in dates]})]
+    else:
+        return None
     _, months = monthly_composite(np.zeros((len(dates), 1, 1)), dates, how=how)
     monthly = stack.map_blocks(_composite_block, dates, how, chunks=((len(months),),) + stack.chunks[1:],
                                dtype=np.float64, meta=np.empty((0, 0, 0)))
-    _write(ctx, [("ndvi_monthly.tif", monthly, {"band_names": list(months)})], 0.05, 0.95, "monthly composite")
-    return {"fusion": {"source": "fine_series", "n_dates": len(dates), "months": [months[0], months[-1]],
-                       "n_months": len(months), "composite": how}, "_message": "chunked execution"}
+    items.append(("ndvi_monthly.tif", monthly, {"band_names": list(months)}))
+    # one pass: the fused blocks feed both files and are computed once
+    _write(ctx, items, 0.05, 0.95, "ESTARFM fusion" if items[0][0] == "ndvi_fused.tif" else "monthly composite")
+    if source["source"] == "estarfm":
+        # the in-memory summary counts NaN pixels per fused date; read them back from the written file
+        from .chunked import open_dask
+
+        nan = da.isnan(open_dask(ctx.path("ndvi_fused.tif"), _ch(ctx))[0]).sum(axis=(1, 2)).compute()
+        for rec, n in zip(source["pairs"], nan):
+            rec["nodata_pixels"] = int(n)
+    source.update(months=[months[0], months[-1]], n_months=len(months), composite=how)
+    return {"fusion": source, "_message": "chunked execution"}
 
 
 # ---------------------------------------------------------------- casa (chunked)
@@ -781,14 +815,7 @@ def _casa_chunked(ctx: Context) -> dict[str, Any]:
             if f"climate.{var}" not in ds._roles:
                 raise StageError(f"CASA needs [climate] {var} in dataset.toml (monthly series).")
             clim[var] = _layer(ctx, f"climate.{var}")
-        common = [m for m in months if all(m in clim[v][1] for v in clim)]
-        years_ok = _whole_years(common)
-        if not years_ok:
-            raise StageError(
-                f"NDVI months ({months[0]}..{months[-1]}) and climate months share no whole calendar year; "
-                "supply climate for the same years as the NDVI series."
-            )
-        use = [m for m in common if m[:4] in years_ok]
+        use = _shared_months(months, [set(clim[v][1]) for v in clim])
         nd = _lazy(ctx, "ndvi_monthly.tif")[[months.index(m) for m in use]]
         T, P, S = (clim[v][0][[clim[v][1].index(m) for m in use]] for v in ("temperature", "precipitation", "solar"))
         eps_table = {k: float(v) * float(p["eps_scale"]) for k, v in p["eps_max"].items()}
@@ -811,7 +838,7 @@ def _casa_chunked(ctx: Context) -> dict[str, Any]:
         npp = da.map_blocks(_casa_post, npp, cp[0].rechunk(npp.chunks[1:]), md.rechunk(npp.chunks[1:]), fill,
                             dtype=np.float64)
         annual = npp.map_blocks(_annual_block, chunks=((len(use) // 12,),) + npp.chunks[1:], dtype=np.float64)
-        years = [int(y) for y in years_ok]
+        years = sorted({int(m[:4]) for m in use})
         items = [("npp_monthly.tif", npp, {"band_names": use})]
         info.update(source="casa", months=[use[0], use[-1]], class_parameters=table)
     mean = da.map_blocks(_mean_block, annual, md.rechunk(annual.chunks[1:]), dtype=np.float64,
@@ -901,9 +928,8 @@ def _krige_report(x: Any, y: Any, z: Any, gx: np.ndarray, gy: np.ndarray, *, mod
 def _drivers_chunked(ctx: Context) -> dict[str, Any]:
     import dask.array as da
 
-    from . import ahp
     from .chunked import degradation_chunked, krige_chunked
-    from .drivers import DriverError
+    from .drivers import ahp_setup, categorise
 
     ds, params = ctx.ds, ctx.params
     ch = _ch(ctx)
@@ -962,23 +988,7 @@ def _drivers_chunked(ctx: Context) -> dict[str, Any]:
         deg = ds.degradation_lazy(ch, mask=md)
         if deg is not None:
             dp = params["degradation"]
-            if dp.get("ahp_override"):
-                deg = dict(deg, ahp_names=dp["ahp_override"]["names"], ahp_matrix=np.asarray(dp["ahp_override"]["matrix"], float),
-                           ahp_file="the edited AHP matrix (degradation.ahp_override)")
-            names_ = list(deg["ahp_names"])
-            w, cr = ahp.weights(deg["ahp_matrix"])
-            info: dict[str, Any] = {"weights": dict(zip(names_, map(float, w))), "cr": float(cr), "consistent": bool(cr < 0.1)}
-            if cr >= 0.1:
-                ev = ahp.evaluate(deg["ahp_matrix"], names_)
-                info["disagreements"] = ev.get("disagreements")
-                if not dp["accept_inconsistent"]:
-                    raise DriverError(
-                        f"{deg.get('ahp_file', 'AHP matrix')}: {ev.get('message') or f'inconsistent (CR = {cr:.3f})'} "
-                        "Revise those judgements, or set degradation.accept_inconsistent = true to use it anyway.")
-            missing = [n for n in names_ if n not in deg["indicators"]]
-            if missing:
-                raise DriverError(f"AHP matrix names indicators with no raster: {', '.join(missing)}. "
-                                  "Add them under [degradation.indicators] or remove them from the matrix.")
+            deg, names_, info = ahp_setup(deg, dp)
             ld, ld_info = degradation_chunked({n: deg["indicators"][n] for n in names_}, info["weights"], ds.mask,
                                               direction=deg.get("direction") or {},
                                               influence_distance=float(dp["influence_distance_m"]), chunk=ch)
@@ -996,15 +1006,7 @@ def _drivers_chunked(ctx: Context) -> dict[str, Any]:
                 if name in members:
                     members.remove(name)
             cats.setdefault(ds._roles[r][0].category or "M", []).append(name)
-    drv: dict[str, dict[str, str]] = {}
-    for cat, members in cats.items():
-        for n in members:
-            if n in layers:
-                drv[n] = {"category": cat, "source": source[n]}
-    empty = [c for c, members in cats.items() if not any(n in layers for n in members)]
-    for name in layers:
-        if name not in drv:
-            drv[name] = {"category": "other", "source": source[name]}
+    drv, empty = categorise(layers, source, cats)
     items: list[tuple[str, Any, dict[str, Any]]] = []
     for name, arr in layers.items():
         items.append((f"drivers/{name}.tif", da.where(md, arr, np.nan), {"band_names": [name]}))
