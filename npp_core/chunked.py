@@ -854,6 +854,40 @@ def write_many(
             arrays.append(mk.astype(bool).rechunk(((1,),) + tuple(first_chunks)))
             mask_of.append(k)
     targets: list[_Target] = []
+    bytes_px = sum(a.shape[0] * np.dtype(opt.get("dtype", "float32")).itemsize
+                   for (_, _, opt), a in zip(items, arrays)) + len(mask_of)
+    with rasterio.Env(GDAL_CACHEMAX=_write_cache_bytes(grid, max(first_chunks[0]), bytes_px)):
+        return _write_many(items, arrays, mask_of, targets, grid, first_chunks, client, progress, max_in_flight)
+
+
+def _write_cache_bytes(grid: Grid, block_rows: int, bytes_px: int, tile: int = 256) -> int:
+    """GDAL block-cache size while :func:`write_many` writes (bytes).
+
+    GDAL keeps every written tile of an open GeoTIFF in its block cache until the file is
+    closed or the cache is full (default 5 % of RAM), so without a bound the process that
+    writes holds the whole uncompressed output: its memory grows with the area. One row of
+    blocks plus the partial tiles on its seams (blocks are written about in row order) keeps
+    most tiles from being flushed before they are complete (a flushed partial tile is
+    compressed and stored again, so files can be a few % larger; the values are the same),
+    and grows only with the grid's width. Never more than the cache size in force.
+    """
+    from rasterio.env import get_gdal_config
+
+    need = int((int(block_rows) + 2 * tile) * grid.width * max(int(bytes_px), 1)) + (32 << 20)
+    try:
+        current = int(get_gdal_config("GDAL_CACHEMAX"))
+        if current < 100_000:  # GDAL reads small values as megabytes
+            current <<= 20
+    except (TypeError, ValueError):
+        current = need
+    return max(min(need, current), 16 << 20)
+
+
+def _write_many(items: Sequence[tuple[Path | str, Any, Mapping[str, Any]]], arrays: list[da.Array],
+                mask_of: list[int], targets: list["_Target"], grid: Grid,
+                first_chunks: tuple[tuple[int, ...], tuple[int, ...]], client: Any,
+                progress: ProgressFn | None, max_in_flight: int | None) -> list[Path]:
+    """The writing part of :func:`write_many` (under its GDAL cache bound)."""
     try:
         for (path, _, opt), a in zip(items, arrays):
             tmp, final = atomic_path(path)

@@ -805,19 +805,14 @@ class Dataset:
                                      "boundary"))
         if "landcover" in self._roles:
             try:
-                stack, _, _ = self._load_raw("landcover", apply_mask=False)
+                scan = self._landcover_scan()[0]
             except Exception as exc:  # reported with the land cover itself; never a crash here
-                stack = None
+                scan = None
                 probs.append(Problem("error", self._roles["landcover"][0].path, f"could not be read for the study-area "
                                      f"mask ({exc.__class__.__name__}: {str(exc)[:160]}).",
                                      "Export the land-cover raster again as a GeoTIFF and check its CRS.", "landcover"))
-            if stack is not None:
-                codes = stack[0]
-                ok = np.isfinite(codes)
-                classes = self._classes()
-                if classes:
-                    ok &= np.isin(np.where(ok, codes, -1), list(classes))
-                mask &= ok
+            if scan is not None:
+                mask &= scan["ok"]
         if not mask.any():
             probs.append(Problem("error", MANIFEST, "the study-area mask is empty: no pixel is inside the boundary "
                                  "with valid land cover.",
@@ -1247,10 +1242,75 @@ class Dataset:
                 continue
         return out
 
+    def _landcover_scan(self) -> tuple[dict[str, Any] | None, list[Problem], dict[str, Any]]:
+        """The land cover reduced to compact full-size arrays, in row strips (memoised).
+
+        The aligned float64 codes (:meth:`_align_role`) are read once and reduced strip by
+        strip; only the compact results are kept (not the float64 stack: ``landcover#raw``
+        holds just the alignment's problems and info), so a large grid costs 3 bytes per
+        pixel afterwards.
+
+        Returns
+        -------
+        scan : dict or None
+            ``ok`` bool (rows, cols): finite and, with ``[landcover.classes]``, a declared
+            class (the land cover's part of :attr:`mask`); ``codes`` int16 (rows, cols): the
+            rounded code where finite and a declared class (any code without classes), else
+            −1 (not yet masked); ``present`` sorted codes ≥ 0 of finite pixels with their
+            ``counts``; ``n_finite``; ``non_integer`` (some finite value is not whole).
+            None when the role could not be aligned.
+        problems, info
+            Those of the alignment.
+        """
+        with self._lock:
+            key = "landcover#scan"
+            if key in self._cache:
+                return self._cache[key]
+            raw, probs, info = self._align_role("landcover")
+            scan: dict[str, Any] | None = None
+            if raw is not None:
+                classes = self._classes()
+                cl = np.array(sorted(classes), dtype=np.float64)
+                h, w = raw.shape[1:]
+                ok = np.empty((h, w), dtype=bool)
+                codes = np.empty((h, w), dtype=np.int16)
+                present: dict[int, int] = {}
+                n_finite = 0
+                non_integer = False
+                step = max(1, 1_000_000 // max(w, 1))
+                for r0 in range(0, h, step):
+                    cf = raw[0, r0:r0 + step]
+                    fin = np.isfinite(cf)
+                    # mask: finite and a declared class, compared on the values as read (as the mask always was)
+                    okb = fin & np.isin(np.where(fin, cf, -1), cl) if classes else fin
+                    ok[r0:r0 + step] = okb
+                    v = cf[fin]
+                    n_finite += int(v.size)
+                    rv = np.round(v)
+                    if v.size and not np.allclose(v, rv):
+                        non_integer = True
+                    ci = np.where(fin, np.round(cf), -1).astype(np.int64)
+                    pos = ci >= 0
+                    u, c = np.unique(ci[pos], return_counts=True)
+                    for a, b in zip(u.tolist(), c.tolist()):
+                        present[a] = present.get(a, 0) + b
+                    ci = np.where(pos & np.isin(ci, list(classes)), ci, -1) if classes else np.where(pos, ci, -1)
+                    codes[r0:r0 + step] = ci.astype(np.int16)
+                del raw
+                keys = sorted(present)
+                scan = {"ok": ok, "codes": codes, "present": keys, "counts": [present[k] for k in keys],
+                        "n_finite": n_finite, "non_integer": non_integer}
+            res = (scan, probs, info)
+            _freeze(scan)
+            self._cache[key] = res
+            # the alignment's problems and info stay where the other roles keep theirs; its float64 stack does not
+            self._cache["landcover#raw"] = (None, probs, info)
+            return res
+
     def _load_landcover(self) -> tuple[Any, list[Problem], dict[str, Any]]:
-        raw, probs, info = self._load_raw("landcover", apply_mask=False)
+        scan, probs, info = self._landcover_scan()
         probs = list(probs)
-        if raw is None:
+        if scan is None:
             return None, probs, info
         rel = info.get("file", "landcover")
         lc = self.manifest.get("landcover") if isinstance(self.manifest.get("landcover"), dict) else {}
@@ -1262,13 +1322,10 @@ class Dataset:
             except (TypeError, ValueError):
                 probs.append(Problem("error", MANIFEST, f"[landcover.classes] key {k!r} is not a raster code.",
                                      "Use the integer code: 1 = \"forest\".", "landcover"))
-        codes_f = raw[0]
-        finite = np.isfinite(codes_f)
-        if finite.any() and not np.allclose(codes_f[finite], np.round(codes_f[finite])):
+        if scan["non_integer"]:
             probs.append(Problem("error", rel, "land-cover values are not whole numbers (manifest key 'landcover').",
                                  "Give a classified raster with integer codes.", "landcover"))
-        codes = np.where(finite, np.round(codes_f), -1).astype(np.int64)
-        present = sorted(int(c) for c in np.unique(codes[codes >= 0]))
+        present = list(scan["present"])
         if not classes:
             classes = {c: f"class {c}" for c in present}
             probs.append(Problem("warning", MANIFEST, "no [landcover.classes]; classes are named by their codes.",
@@ -1276,7 +1333,8 @@ class Dataset:
         else:
             unknown = [c for c in present if c not in classes]
             if unknown:
-                share = float(np.isin(codes, unknown).sum() / max(finite.sum(), 1))
+                n_unknown = sum(n for c, n in zip(scan["present"], scan["counts"]) if c in unknown)
+                share = float(n_unknown / max(scan["n_finite"], 1))
                 probs.append(Problem("warning", rel, f"codes {unknown[:10]} are not in [landcover.classes] "
                                      f"({100 * share:.1f}% of pixels); they are treated as nodata.",
                                      "Add them to [landcover.classes] or set the file's nodata value.", "landcover"))
@@ -1306,8 +1364,8 @@ class Dataset:
         # so that the cause above is not replaced by its consequence
         m, mprobs = self._ensure_mask()
         probs.extend(p for p in mprobs if p.severity == "error" and p not in probs)
-        out = np.where(m & (codes >= 0), codes, -1)
-        out = np.where(np.isin(out, list(classes)), out, -1).astype(np.int16)
+        # scan codes are -1 or (with classes) a declared class; without classes every present code is one
+        out = np.where(m, scan["codes"], np.int16(-1))
         return (out, dict(classes), casa_type), probs, info
 
     def landcover(self) -> tuple[np.ndarray, dict[int, str], dict[str, str]] | None:
@@ -2081,7 +2139,8 @@ class Dataset:
             if errs:
                 d["error"] = " ".join(errs)
             if lay.kind != "table":
-                cached = self._cache.get(lay.role) or self._cache.get(lay.role + "#raw")
+                cached = self._cache.get(lay.role + "#scan") or self._cache.get(lay.role) or \
+                    self._cache.get(lay.role + "#raw")
                 if cached is not None and cached[0] is not None:
                     info = cached[2]
                     src = info.get("source") or [{}]

@@ -783,6 +783,19 @@ def _validation_chunked(ctx: Context, codes: np.ndarray, classes: dict[int, str]
     return validation
 
 
+def _code_counts(codes: np.ndarray, minlength: int) -> np.ndarray:
+    """Pixels per land-cover code ≥ 0 (``np.bincount`` of the codes), strip by strip (no int64 copy)."""
+    counts = np.zeros(max(int(minlength), 1), dtype=np.int64)
+    step = max(1, 1_000_000 // max(codes.shape[-1], 1))
+    for r0 in range(0, codes.shape[0], step):
+        c = codes[r0:r0 + step]
+        b = np.bincount(c[c >= 0].astype(np.int64), minlength=counts.size)
+        if b.size > counts.size:
+            counts = np.concatenate([counts, np.zeros(b.size - counts.size, dtype=np.int64)])
+        counts[:b.size] += b
+    return counts
+
+
 def _casa_chunked(ctx: Context) -> dict[str, Any]:
     import dask.array as da
 
@@ -822,7 +835,7 @@ def _casa_chunked(ctx: Context) -> dict[str, Any]:
         overrides = p.get("overrides") or None
         table = casa.class_parameters(np.array(sorted(classes), dtype=np.int64)[None], classes, casa_type,
                                       eps_max_table=eps_table, ndvi_range="zhu_table", overrides=overrides)["table"]
-        counts = np.bincount(codes[codes >= 0].ravel().astype(np.int64), minlength=max(classes) + 1)
+        counts = _code_counts(codes, max(classes) + 1)
         for row in table:  # pixel counts of the whole grid (the table above was built on one pixel per class)
             if "pixels" in row and "code" in row:
                 row["pixels"] = int(counts[int(row["code"])]) if 0 <= int(row["code"]) < counts.size else 0
@@ -973,7 +986,7 @@ def _drivers_chunked(ctx: Context) -> dict[str, Any]:
             log = name in kp["log_transform"]
             x, y, zk, vg, rep = _krige_report(samples["x"], samples["y"], samples["values"][name], gx, gy,
                                               model=kp["model"], log=log, name=name)
-            pv = krige_chunked(x, y, zk, vg, grid, chunk=ch, mask=ds.mask, n_closest=int(kp["n_closest"]),
+            pv = krige_chunked(x, y, zk, vg, grid, chunk=ch, mask=md, n_closest=int(kp["n_closest"]),
                                client=ctx.client())
             pv = da.map_blocks(_backtransform_block, pv, log, md.rechunk(pv.chunks[1:]), dtype=np.float64)
             layers[name], variances[name] = pv[0], pv[1]
@@ -989,7 +1002,7 @@ def _drivers_chunked(ctx: Context) -> dict[str, Any]:
         if deg is not None:
             dp = params["degradation"]
             deg, names_, info = ahp_setup(deg, dp)
-            ld, ld_info = degradation_chunked({n: deg["indicators"][n] for n in names_}, info["weights"], ds.mask,
+            ld, ld_info = degradation_chunked({n: deg["indicators"][n] for n in names_}, info["weights"], md,
                                               direction=deg.get("direction") or {},
                                               influence_distance=float(dp["influence_distance_m"]), chunk=ch)
             info.update(ld_info or {})
@@ -1050,6 +1063,48 @@ def _valid_mask(ctx: Context, rels: list[str]) -> np.ndarray:
     return np.asarray(v.compute())
 
 
+def _nth_valid(valid: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the ``idx``-th True pixels of ``valid`` in row-major order.
+
+    Equals ``np.unravel_index(np.flatnonzero(valid)[idx], valid.shape)`` without the
+    full-size index array (8 bytes per valid pixel): per-row counts locate the rows, and
+    only the rows holding a wanted pixel are scanned.
+
+    Parameters
+    ----------
+    valid : ndarray of bool, shape (rows, cols)
+    idx : ndarray of int, shape (m,)
+        Ascending positions among the True pixels (0 ≤ idx < valid.sum()).
+
+    Returns
+    -------
+    rows, cols : ndarray of int64, shape (m,)
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    cum = np.concatenate([[0], np.cumsum(np.count_nonzero(valid, axis=1), dtype=np.int64)])
+    rows = (np.searchsorted(cum, idx, side="right") - 1).astype(np.int64)
+    cols = np.empty(idx.size, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if idx.size else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], idx.size]
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        r = int(rows[a])
+        cols[a:b] = np.flatnonzero(valid[r])[idx[a:b] - cum[r]]
+    return rows, cols
+
+
+def _sample_points(valid: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`attribution.sample_points` (same points, errors and warnings) without its full-size
+    index array when more pixels are valid than points are wanted."""
+    from . import attribution
+
+    n_valid = int(np.count_nonzero(valid))
+    if n_valid <= max(int(n), attribution.MIN_SAMPLES) or valid.ndim != 2 or valid.dtype != bool:
+        return attribution.sample_points(valid, n=n, seed=seed)
+    # sample_points draws sort(rng.choice(flat, n)) = flat[sort(rng.choice(n_valid, n))] (flat ascending)
+    idx = np.sort(np.random.default_rng(seed).choice(n_valid, size=int(n), replace=False))
+    return _nth_valid(valid, idx)
+
+
 def _sampling_chunked(ctx: Context) -> dict[str, Any]:
     from . import attribution
     from .chunked import values_at
@@ -1059,7 +1114,7 @@ def _sampling_chunked(ctx: Context) -> dict[str, Any]:
     rels = ["npp_mean.tif"] + [f"drivers/{n}.tif" for n in names]
     ctx.progress(0.05, "valid pixels")
     valid = _valid_mask(ctx, rels)
-    rows, cols = attribution.sample_points(valid, n=int(p["n_points"]), seed=int(p["seed"]))
+    rows, cols = _sample_points(valid, int(p["n_points"]), int(p["seed"]))
     ctx.progress(0.6, "values at the points")
     vals = {r: values_at(ctx.out / r, rows, cols, chunk=max(_ch(ctx)), bands=[1])[0] for r in rels}
     x, y = ds.grid.xy()
@@ -1188,10 +1243,13 @@ def _attribution_chunked(ctx: Context) -> dict[str, Any]:
     rels = [f"drivers/{n}.tif" for n in names]
     ctx.progress(0.2, "noise floor")
     valid = _valid_mask(ctx, rels)
-    flat = np.flatnonzero(valid.ravel())
-    idx = attribution.noise_pixel_index(np.arange(flat.size), NOISE_PIXELS, seed)
-    nr, nc = np.unravel_index(flat[idx], valid.shape)
-    del valid, flat
+    n_valid = int(np.count_nonzero(valid))
+    # attribution.noise_pixel_index(np.arange(n_valid), NOISE_PIXELS, seed) without the index array:
+    # Generator.choice draws the same positions from n as from np.arange(n)
+    idx = np.sort(np.random.default_rng(seed).choice(n_valid, size=NOISE_PIXELS, replace=False)) \
+        if n_valid > NOISE_PIXELS else np.arange(n_valid)
+    nr, nc = _nth_valid(valid, idx)
+    del valid
     Xn = np.stack([values_at(ctx.out / r, nr, nc, chunk=max(_ch(ctx)), bands=[1])[0] for r in rels], axis=1)
     noise = attribution.noise_floor(fit, Xn)
     light = dataclasses.replace(fit, model_all=None)
