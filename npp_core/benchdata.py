@@ -33,7 +33,7 @@ from affine import Affine
 from rasterio.warp import Resampling, reproject
 
 from .raster import Grid, atomic_path, read_raster
-from .sample import MANIFEST_DEGRADATION_INDICATORS, MANIFEST_SOIL_PROPERTIES
+from .sample import MANIFEST_DEGRADATION_INDICATORS, MANIFEST_LANDCOVER, MANIFEST_SOIL_PROPERTIES
 
 __all__ = ["BenchDataError", "bench_data", "bench_shape"]
 
@@ -227,26 +227,7 @@ def _manifest(rows: int, cols: int, months: int, seed: int) -> str:
 name = "Benchmark area ({rows * cols:,} px)"
 grid = "landcover.tif"
 
-[landcover]
-raster = "landcover.tif"
-
-[landcover.classes]
-1 = "forest"
-2 = "grassland"
-3 = "farmland"
-4 = "construction"
-5 = "water"
-
-[landcover.casa_type]
-forest = "deciduous_broadleaf"
-grassland = "grassland"
-farmland = "cropland"
-construction = "other"
-water = "none"
-
-[terrain]
-dem = "dem.tif"
-
+{MANIFEST_LANDCOVER}
 [ndvi]
 fine_series = "ndvi_monthly.tif"
 composite = "max"

@@ -957,6 +957,26 @@ def _write(out: Path, B: dict[str, Any]) -> Path:
 
 
 #: Manifest sections shared by the sample basin and the benchmark areas built from it.
+MANIFEST_LANDCOVER = """[landcover]
+raster = "landcover.tif"
+
+[landcover.classes]
+1 = "forest"
+2 = "grassland"
+3 = "farmland"
+4 = "construction"
+5 = "water"
+
+[landcover.casa_type]
+forest = "deciduous_broadleaf"
+grassland = "grassland"
+farmland = "cropland"
+construction = "other"
+water = "none"
+
+[terrain]
+dem = "dem.tif"
+"""
 MANIFEST_SOIL_PROPERTIES = """[soil.properties]
 CF = "clay_pct"
 SOC = "soc_g_kg"
@@ -986,26 +1006,7 @@ name = "Changhe Basin (sample)"
 grid = "landcover.tif"
 boundary = "boundary.geojson"
 
-[landcover]
-raster = "landcover.tif"
-
-[landcover.classes]
-1 = "forest"
-2 = "grassland"
-3 = "farmland"
-4 = "construction"
-5 = "water"
-
-[landcover.casa_type]
-forest = "deciduous_broadleaf"
-grassland = "grassland"
-farmland = "cropland"
-construction = "other"
-water = "none"
-
-[terrain]
-dem = "dem.tif"
-
+{MANIFEST_LANDCOVER}
 [ndvi]
 fine = [
 {fine_txt},
