@@ -382,6 +382,65 @@ def _clip_window(src: Any, crs: CRS | None, g: Grid) -> Any:
     return None
 
 
+def _source_crs(e: Entry, rel: str, sg: Grid, g: Grid, role: str, probs: list[Problem]) -> CRS | None:
+    """The CRS a source file is read in: the file's, or the manifest's ``crs`` (which overrides
+    the file's when given in the entry itself, else only fills a missing one); a file without a
+    CRS on exactly the reference grid takes the grid's. Appends the warnings to ``probs``;
+    returns None after appending the error when there is no usable CRS."""
+    src_crs = sg.crs
+    explicit = isinstance(e.raw, dict) and "crs" in e.raw  # else a [section] default: fills a missing CRS only
+    if e.crs and (explicit or src_crs is None or not str(src_crs)):
+        c = _crs_or_none(e.crs)
+        if c is None:
+            probs.append(Problem("error", rel, f"crs {e.crs!r} of '{e.key}' is not a CRS.",
+                                 "Write e.g. crs = \"EPSG:4326\".", role))
+            return None
+        if src_crs is not None and str(src_crs) and CRS.from_user_input(src_crs) != c:
+            probs.append(Problem("warning", rel, f"the file says its CRS is {CRS.from_user_input(src_crs).to_string()}, "
+                                 f"the manifest says {c.to_string()}; the manifest's is used.",
+                                 "Remove crs from the entry if the file is right.", role))
+        src_crs = c
+    if src_crs is None or not str(src_crs):
+        if sg.shape == g.shape and all(abs(a - b) < 1e-6 * max(1, abs(a)) for a, b in zip(sg.transform, g.transform)):
+            probs.append(Problem("warning", rel, "the file has no CRS; its grid equals the reference grid, "
+                                 "so the grid's CRS is assumed.",
+                                 f"Save it with its CRS or add crs = \"...\" to '{e.key}'.", role))
+            return CRS.from_user_input(g.crs)
+        probs.append(Problem("error", rel, f"the file has no CRS and its grid differs from the reference "
+                             f"grid, so it cannot be reprojected (manifest key '{e.key}').",
+                             f"Save it with its CRS, or write {{ path = \"{e.path}\", crs = \"EPSG:....\" }} "
+                             "in dataset.toml.", role))
+        return None
+    return CRS.from_user_input(src_crs)
+
+
+def _overlap_share(e: Entry, rel: str, sgrid: Grid, g: Grid, role: str, probs: list[Problem]) -> float | None:
+    """Share (0–1] of the reference grid's extent covered by a source's footprint; a warning
+    below 99.9 %, None after appending the error when it cannot be transformed or does not overlap."""
+    from rasterio.warp import transform_bounds
+
+    try:
+        b = sgrid.bounds if sgrid.crs == g.crs else transform_bounds(sgrid.crs, g.crs, *sgrid.bounds, densify_pts=21)
+    except Exception as exc:
+        probs.append(Problem("error", rel, f"cannot transform its extent to the grid CRS ({str(exc)[:100]}).",
+                             "Check the file's CRS.", role))
+        return None
+    gb = g.bounds
+    ix = max(0.0, min(b[2], gb[2]) - max(b[0], gb[0]))
+    iy = max(0.0, min(b[3], gb[3]) - max(b[1], gb[1]))
+    share = ix * iy / max((gb[2] - gb[0]) * (gb[3] - gb[1]), 1e-300)
+    if share <= 0:
+        probs.append(Problem("error", rel, f"does not overlap the reference grid (manifest key '{e.key}'): "
+                             f"file extent {tuple(round(v, 3) for v in b)} vs grid {tuple(round(v, 3) for v in gb)} "
+                             f"in {g.crs.to_string()}.",
+                             "Check the file's CRS and that it covers the study area.", role))
+        return None
+    if share < 0.999:
+        probs.append(Problem("warning", rel, f"covers only {100 * share:.1f}% of the reference grid; the rest "
+                             "is nodata.", "Supply a file that covers the whole study area.", role))
+    return share
+
+
 def _month_label(d: _dt.date) -> str:
     return f"{d.year:04d}-{d.month:02d}"
 
@@ -921,7 +980,7 @@ class Dataset:
             return res
 
     def _align_role(self, role: str) -> tuple[np.ndarray | None, list[Problem], dict[str, Any]]:
-        from rasterio.warp import reproject, transform_bounds, calculate_default_transform
+        from rasterio.warp import reproject, calculate_default_transform
 
         ents = self._roles.get(role)
         if not ents:
@@ -956,55 +1015,15 @@ class Dataset:
                                      "Set the file's nodata value (or nodata = ... in its entry) so that no value is "
                                      "±inf, or export it again.", role))
                 data = np.where(bad, np.nan, data)
-            src_crs = sg.crs
-            explicit = isinstance(e.raw, dict) and "crs" in e.raw  # else a [section] default: fills a missing CRS only
-            if e.crs and (explicit or src_crs is None or not str(src_crs)):
-                c = _crs_or_none(e.crs)
-                if c is None:
-                    probs.append(Problem("error", rel, f"crs {e.crs!r} of '{e.key}' is not a CRS.",
-                                         "Write e.g. crs = \"EPSG:4326\".", role))
-                    continue
-                if src_crs is not None and str(src_crs) and CRS.from_user_input(src_crs) != c:
-                    probs.append(Problem("warning", rel, f"the file says its CRS is {CRS.from_user_input(src_crs).to_string()}, "
-                                         f"the manifest says {c.to_string()}; the manifest's is used.",
-                                         "Remove crs from the entry if the file is right.", role))
-                src_crs = c
-            if src_crs is None or not str(src_crs):
-                if sg.shape == g.shape and all(abs(a - b) < 1e-6 * max(1, abs(a)) for a, b in zip(sg.transform, g.transform)):
-                    probs.append(Problem("warning", rel, "the file has no CRS; its grid equals the reference grid, "
-                                         "so the grid's CRS is assumed.",
-                                         f"Save it with its CRS or add crs = \"...\" to '{e.key}'.", role))
-                    src_crs = g.crs
-                else:
-                    probs.append(Problem("error", rel, f"the file has no CRS and its grid differs from the reference "
-                                         f"grid, so it cannot be reprojected (manifest key '{e.key}').",
-                                         f"Save it with its CRS, or write {{ path = \"{e.path}\", crs = \"EPSG:....\" }} "
-                                         "in dataset.toml.", role))
-                    continue
-            src_crs = CRS.from_user_input(src_crs)
+            src_crs = _source_crs(e, rel, sg, g, role, probs)
+            if src_crs is None:
+                continue
             if e.scale != 1.0 or e.offset != 0.0:
                 data = data * e.scale + e.offset
             sgrid = Grid(crs=src_crs, transform=sg.transform, width=sg.width, height=sg.height)
-            # overlap share of the grid covered by the file's footprint
-            try:
-                b = sgrid.bounds if src_crs == g.crs else transform_bounds(src_crs, g.crs, *sgrid.bounds, densify_pts=21)
-            except Exception as exc:
-                probs.append(Problem("error", rel, f"cannot transform its extent to the grid CRS ({str(exc)[:100]}).",
-                                     "Check the file's CRS.", role))
+            share = _overlap_share(e, rel, sgrid, g, role, probs)
+            if share is None:
                 continue
-            gb = g.bounds
-            ix = max(0.0, min(b[2], gb[2]) - max(b[0], gb[0]))
-            iy = max(0.0, min(b[3], gb[3]) - max(b[1], gb[1]))
-            share = ix * iy / max((gb[2] - gb[0]) * (gb[3] - gb[1]), 1e-300)
-            if share <= 0:
-                probs.append(Problem("error", rel, f"does not overlap the reference grid (manifest key '{e.key}'): "
-                                     f"file extent {tuple(round(v, 3) for v in b)} vs grid {tuple(round(v, 3) for v in gb)} "
-                                     f"in {g.crs.to_string()}.",
-                                     "Check the file's CRS and that it covers the study area.", role))
-                continue
-            if share < 0.999:
-                probs.append(Problem("warning", rel, f"covers only {100 * share:.1f}% of the reference grid; the rest "
-                                     "is nodata.", "Supply a file that covers the whole study area.", role))
             shift = _pixel_shift(sgrid, g)
             if shift is not None:
                 out = _paste(data, shift, g.shape)
@@ -1245,10 +1264,13 @@ class Dataset:
     def _landcover_scan(self) -> tuple[dict[str, Any] | None, list[Problem], dict[str, Any]]:
         """The land cover reduced to compact full-size arrays, in row strips (memoised).
 
-        The aligned float64 codes (:meth:`_align_role`) are read once and reduced strip by
-        strip; only the compact results are kept (not the float64 stack: ``landcover#raw``
-        holds just the alignment's problems and info), so a large grid costs 3 bytes per
-        pixel afterwards.
+        The land cover is aligned to the grid strip by strip (:meth:`_landcover_strip_plan`:
+        windowed reads, or nearest-neighbour warps of whole-width strips, as
+        :meth:`layer_dask`), so no full-size float64 array is made; each strip is reduced at
+        once and only the compact results are kept, so a large grid costs 3 bytes per pixel
+        afterwards. Cases the strip plan does not cover (several files, a continuous land
+        cover, any problem that leaves no data, a read error) take the whole-grid alignment
+        (:meth:`_align_role`); both give the same scan, problems and info.
 
         Returns
         -------
@@ -1266,46 +1288,132 @@ class Dataset:
             key = "landcover#scan"
             if key in self._cache:
                 return self._cache[key]
-            raw, probs, info = self._align_role("landcover")
-            scan: dict[str, Any] | None = None
-            if raw is not None:
-                classes = self._classes()
-                cl = np.array(sorted(classes), dtype=np.float64)
-                h, w = raw.shape[1:]
-                ok = np.empty((h, w), dtype=bool)
-                codes = np.empty((h, w), dtype=np.int16)
-                present: dict[int, int] = {}
-                n_finite = 0
-                non_integer = False
-                step = max(1, 1_000_000 // max(w, 1))
-                for r0 in range(0, h, step):
-                    cf = raw[0, r0:r0 + step]
-                    fin = np.isfinite(cf)
-                    # mask: finite and a declared class, compared on the values as read (as the mask always was)
-                    okb = fin & np.isin(np.where(fin, cf, -1), cl) if classes else fin
-                    ok[r0:r0 + step] = okb
-                    v = cf[fin]
-                    n_finite += int(v.size)
-                    rv = np.round(v)
-                    if v.size and not np.allclose(v, rv):
-                        non_integer = True
-                    ci = np.where(fin, np.round(cf), -1).astype(np.int64)
-                    pos = ci >= 0
-                    u, c = np.unique(ci[pos], return_counts=True)
-                    for a, b in zip(u.tolist(), c.tolist()):
-                        present[a] = present.get(a, 0) + b
-                    ci = np.where(pos & np.isin(ci, list(classes)), ci, -1) if classes else np.where(pos, ci, -1)
-                    codes[r0:r0 + step] = ci.astype(np.int16)
-                del raw
-                keys = sorted(present)
-                scan = {"ok": ok, "codes": codes, "present": keys, "counts": [present[k] for k in keys],
-                        "n_finite": n_finite, "non_integer": non_integer}
-            res = (scan, probs, info)
-            _freeze(scan)
+            res = None
+            plan = self._landcover_strip_plan()
+            if plan is not None:
+                splan, probs, info = plan
+                g = self.grid
+                step = _scan_step(g.width)
+                try:
+                    strips = ((r0, splan.block(g, r0, min(g.height, r0 + step), 0, g.width)[0])
+                              for r0 in range(0, g.height, step))
+                    res = (_scan_reduce(strips, g.shape, self._classes()), probs, info)
+                except Exception:  # e.g. a corrupt tile: the whole-grid path reports it as the in-memory run does
+                    res = None
+            if res is None:
+                res = self._landcover_scan_whole()
+            _freeze(res[0])
             self._cache[key] = res
             # the alignment's problems and info stay where the other roles keep theirs; its float64 stack does not
-            self._cache["landcover#raw"] = (None, probs, info)
+            self._cache["landcover#raw"] = (None, res[1], res[2])
             return res
+
+    def _landcover_scan_whole(self) -> tuple[dict[str, Any] | None, list[Problem], dict[str, Any]]:
+        """:meth:`_landcover_scan` from the whole aligned float64 land cover (:meth:`_align_role`; not memoised)."""
+        raw, probs, info = self._align_role("landcover")
+        if raw is None:
+            return None, probs, info
+        h, w = raw.shape[1:]
+        step = _scan_step(w)
+        strips = ((r0, raw[0, r0:r0 + step]) for r0 in range(0, h, step))
+        return _scan_reduce(strips, (h, w), self._classes()), probs, info
+
+    def _landcover_strip_plan(self) -> tuple["_SourcePlan", list[Problem], dict[str, Any]] | None:
+        """How to align the land cover strip by strip, with the problems and info of :meth:`_align_role`.
+
+        Covers one land-cover file (categorical, the usual case) that aligns without an error;
+        reads no pixel except, for a floating-point file, one pass counting infinite values
+        (strip by strip). The problems and info replicate those of :meth:`_align_role` on that
+        path (infinite values, CRS overridden or assumed, partial coverage, extra bands).
+
+        Returns
+        -------
+        (plan, problems, info) or None
+            ``plan`` reads band 1 aligned to any row strip of the grid (:meth:`_SourcePlan.block`);
+            None when the case is left to :meth:`_align_role`.
+        """
+        from rasterio.warp import transform_bounds
+        from rasterio.windows import Window
+
+        role = "landcover"
+        ents = self._roles.get(role)
+        if not ents or len(ents) != 1 or self._kind(role) != "categorical":
+            return None
+        e = ents[0]
+        p, prob = self._resolve(e)
+        if prob is not None:
+            return None
+        assert p is not None
+        g = self.grid
+        rel = self._rel(p)
+        probs: list[Problem] = []
+        info: dict[str, Any] = {"role": role, "kind": "categorical", "resampling": [], "source": []}
+        try:
+            src = open_checked(p)
+        except RasterError:
+            return None
+        with src:
+            # the read of _read_clipped: the clip window (or the whole file), nodata and internal masks
+            full_shape = (src.height, src.width)
+            count = int(src.count)
+            if count * g.width * g.height > MAX_PIXELS:
+                return None
+            explicit = isinstance(e.raw, dict) and "crs" in e.raw
+            crs = _crs_or_none(e.crs) if e.crs and (explicit or not src.crs) else (
+                CRS.from_user_input(src.crs) if src.crs else None)
+            win = _clip_window(src, crs, g)
+            if win is None:
+                win = Window(0, 0, src.width, src.height)
+            off = (int(win.row_off), int(win.col_off))
+            shape = (int(win.height), int(win.width))
+            wt = src.window_transform(win)
+            sg = Grid(crs=src.crs, transform=wt, width=shape[1], height=shape[0])
+            nd = e.nodata if e.nodata is not None else src.nodata
+            masked = [any(f.name in ("per_dataset", "alpha") for f in src.mask_flag_enums[b - 1])
+                      for b in range(1, count + 1)]
+            n_inf = 0
+            if any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes):
+                step = _scan_step(shape[1])
+                try:
+                    for r0 in range(0, shape[0], step):
+                        w_ = Window(off[1], off[0] + r0, shape[1], min(step, shape[0] - r0))
+                        a = src.read(list(range(1, count + 1)), window=w_, masked=False).astype(np.float64)
+                        if nd is not None and not np.isnan(nd):
+                            a[a == nd] = np.nan
+                        for k in range(count):
+                            if masked[k]:
+                                a[k][src.read_masks(k + 1, window=w_) == 0] = np.nan
+                        n_inf += int(np.count_nonzero(np.isinf(a)))
+                except Exception:
+                    return None
+        if n_inf:
+            probs.append(Problem("warning", rel, f"{n_inf:,} value(s) are infinite; they are treated as "
+                                 f"nodata (manifest key '{e.key}').",
+                                 "Set the file's nodata value (or nodata = ... in its entry) so that no value is "
+                                 "±inf, or export it again.", role))
+        # the CRS and coverage of _align_role (on an error the whole-grid scan reports it)
+        src_crs = _source_crs(e, rel, sg, g, role, probs)
+        if src_crs is None:
+            return None
+        sgrid = Grid(crs=src_crs, transform=wt, width=shape[1], height=shape[0])
+        share = _overlap_share(e, rel, sgrid, g, role, probs)
+        if share is None:
+            return None
+        shift = _pixel_shift(sgrid, g)
+        info["resampling"].append("none" if shift is not None else Resampling.nearest.name)
+        info["source"].append({"file": rel, "crs": src_crs.to_string(), "shape": list(full_shape),
+                               "res": [float(sg.res[0]), float(sg.res[1])], "bands": count,
+                               "overlap_share": float(min(share, 1.0))})
+        if count > 1:
+            probs.append(Problem("info", rel, f"has {count} bands; only band 1 is used for '{e.key}'.",
+                                 "Give a single-band file.", role))
+        info["file"] = rel
+        info["files"] = [rel]
+        info["bands"] = 1
+        plan = _SourcePlan(path=str(p), offset=off, shape=shape, transform=tuple(wt)[:6], crs=src_crs.to_wkt(),
+                           bands=[1], nodata=None if nd is None else float(nd), scale=float(e.scale),
+                           add=float(e.offset), shift=shift, resampling=int(Resampling.nearest), masked=masked[:1])
+        return plan, probs, info
 
     def _load_landcover(self) -> tuple[Any, list[Problem], dict[str, Any]]:
         scan, probs, info = self._landcover_scan()
@@ -2485,6 +2593,58 @@ def _freeze(obj: Any) -> None:
     elif isinstance(obj, dict):
         for o in obj.values():
             _freeze(o)
+
+
+def _scan_step(width: int) -> int:
+    """Rows per strip of the land-cover scan (about a million pixels)."""
+    return max(1, 1_000_000 // max(int(width), 1))
+
+
+def _scan_reduce(strips: Iterable[tuple[int, np.ndarray]], shape: tuple[int, int],
+                 classes: dict[int, str]) -> dict[str, Any]:
+    """Reduce aligned land-cover row strips to the compact scan of :meth:`Dataset._landcover_scan`.
+
+    Parameters
+    ----------
+    strips : iterable of (first row, ndarray (rows, cols) float64, NaN = nodata)
+        Row strips covering the grid, in any order.
+    shape : (rows, cols)
+    classes : {code: name}
+        ``[landcover.classes]`` (empty: every finite code is a class).
+
+    Returns
+    -------
+    dict
+        ``ok``, ``codes``, ``present``, ``counts``, ``n_finite``, ``non_integer`` as documented there.
+    """
+    cl = np.array(sorted(classes), dtype=np.float64)
+    h, w = shape
+    ok = np.empty((h, w), dtype=bool)
+    codes = np.empty((h, w), dtype=np.int16)
+    present: dict[int, int] = {}
+    n_finite = 0
+    non_integer = False
+    for r0, cf in strips:
+        r1 = r0 + cf.shape[0]
+        fin = np.isfinite(cf)
+        # mask: finite and a declared class, compared on the values as read (as the mask always was)
+        okb = fin & np.isin(np.where(fin, cf, -1), cl) if classes else fin
+        ok[r0:r1] = okb
+        v = cf[fin]
+        n_finite += int(v.size)
+        rv = np.round(v)
+        if v.size and not np.allclose(v, rv):
+            non_integer = True
+        ci = np.where(fin, np.round(cf), -1).astype(np.int64)
+        pos = ci >= 0
+        u, c = np.unique(ci[pos], return_counts=True)
+        for a, b in zip(u.tolist(), c.tolist()):
+            present[a] = present.get(a, 0) + b
+        ci = np.where(pos & np.isin(ci, list(classes)), ci, -1) if classes else np.where(pos, ci, -1)
+        codes[r0:r1] = ci.astype(np.int16)
+    keys = sorted(present)
+    return {"ok": ok, "codes": codes, "present": keys, "counts": [present[k] for k in keys],
+            "n_finite": n_finite, "non_integer": non_integer}
 
 
 def _pixel_shift(src: Grid, dst: Grid) -> tuple[int, int] | None:

@@ -391,7 +391,9 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
 
     Stores every member's RelCon and undetermined mask (``ensemble/relcon.tif``,
     bands member-major) so the dominance stage can reclassify all members for
-    any threshold without refitting.
+    any threshold without refitting. Chunked (:func:`_ensemble_chunked`): the
+    members are fitted here on the same sample points and predicted together in
+    one pass over the driver blocks.
     """
     from . import attribution
 
@@ -400,9 +402,7 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
     if k_members <= 0:
         return {"ensemble": {"members": 0}, "_message": "single run (ensemble.members = 0)"}
     if execution_mode(ctx, 4 * k_members + 2 * len(ctx.fragments.get("drivers", {}).get("drivers", {}))) == "chunked":
-        raise StageError(
-            f"ensemble.members = {k_members}: ensembles have no chunked path (every member refits on the whole "
-            "driver stack); set run.mode = \"memory\" (on an area that fits run.memory_gb), or ensemble.members = 0.")
+        return _ensemble_chunked(ctx, k_members)
     vary = str(ep["vary"])
     rp, sp = ctx.params["rf"], ctx.params["sampling"]
     names, stack, cats = _driver_stack(ctx)
@@ -418,8 +418,7 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
     cat_names: list[str] = []
     for i in range(k_members):
         ctx.progress(i / k_members, f"member {i + 1}/{k_members}")
-        rf_seed = int(rp["seed"]) + (1000 * i if vary in ("seed", "both") else 0)
-        s_seed = int(sp["seed"]) + (i if vary in ("sample", "both") else 0)
+        rf_seed, s_seed = _member_seeds(ctx, i)
         rows, cols = attribution.sample_points(valid_all, n=int(sp["n_points"]), seed=s_seed)
         X = stack[:, rows, cols].T
         y = npp[rows, cols]
@@ -451,6 +450,151 @@ def stage_ensemble(ctx: Context) -> dict[str, Any]:
     return {"ensemble": {"members": k_members, "vary": vary, "categories": cat_names, "member_runs": members}}
 
 
+def _member_seeds(ctx: Context, i: int) -> tuple[int, int]:
+    """(rf_seed, sample_seed) of ensemble member ``i`` (0-based) under ``ensemble.vary``."""
+    vary = str(ctx.params["ensemble"]["vary"])
+    rf_seed = int(ctx.params["rf"]["seed"]) + (1000 * i if vary in ("seed", "both") else 0)
+    s_seed = int(ctx.params["sampling"]["seed"]) + (i if vary in ("sample", "both") else 0)
+    return rf_seed, s_seed
+
+
+#: Points (sample + noise-floor pixels) of the members whose driver values are read in one pass.
+_ENSEMBLE_POINTS_PER_READ = 1_000_000
+
+
+def _ensemble_block(*blocks: np.ndarray, fits: list[Any], noises: list[float]) -> np.ndarray:
+    """Every member's RelCon and undetermined flag on one block.
+
+    ``blocks``: the driver blocks (1, h, w) each, then the study-area mask (h, w). Returns
+    (members × (k + 1), h, w) float32 (the stored type: a block of a large ensemble is many
+    bands), member-major: k RelCon bands (percent) then the undetermined flag (0/1); NaN
+    outside the study area or where a driver is not finite.
+    """
+    from . import attribution
+    from .chunked import _numba_threads
+
+    mask = blocks[-1].astype(bool)
+    stack = np.concatenate([b[:1] for b in blocks[:-1]], axis=0)
+    valid = mask & np.all(np.isfinite(stack), axis=0)
+    k = len(fits[0].categories)
+    out = np.full((len(fits) * (k + 1),) + valid.shape, np.nan, dtype=np.float32)
+    if valid.any():
+        Xp = stack[:, valid].T
+        with _numba_threads(1):
+            for i, (fit, noise) in enumerate(zip(fits, noises)):
+                pred = attribution.factorial_predict(fit, Xp)
+                rel, _, und = attribution.relative_contributions(pred["actcon"], noise)
+                b = i * (k + 1)
+                out[b:b + k, valid] = rel
+                out[b + k, valid] = und
+    return out
+
+
+def _member_relcon_sums(mem: np.ndarray, k: int) -> np.ndarray:
+    """Per member, Σ RelCon per category and the pixel count over defined, determined pixels of
+    one block of ``ensemble/relcon.tif``: shape (members × (k + 1), 1, 1)."""
+    n = mem.shape[0] // (k + 1)
+    out = np.zeros((n * (k + 1), 1, 1))
+    for i in range(n):
+        b = i * (k + 1)
+        rel = mem[b:b + k]
+        ok = (mem[b + k] == 0) & np.all(np.isfinite(rel), axis=0)  # NaN flag = outside; 1 = undetermined
+        out[b:b + k, 0, 0] = rel[:, ok].sum(axis=1)
+        out[b + k, 0, 0] = np.count_nonzero(ok)
+    return out
+
+
+def _ensemble_chunked(ctx: Context, k_members: int) -> dict[str, Any]:
+    """:func:`stage_ensemble` block by block.
+
+    Per member: the in-memory sample points (:func:`_sample_points` on study area & finite NPP &
+    finite drivers, the member's sample seed) and noise-floor pixels (``NOISE_PIXELS`` of the
+    study area & finite drivers, drawn with the member's RF seed, as :func:`attribution.factorial`),
+    their driver values read window by window (:func:`chunked.values_at`, several members per read),
+    :func:`attribution.factorial_fit`, :func:`attribution.noise_floor` and the importance with the
+    fitted RF_all. Then one pass over the driver blocks predicts every member (forests shipped to
+    the workers once) and writes ``ensemble/relcon.tif``; the members' mean RelCon is summed per
+    block from the written file.
+    """
+    import dataclasses
+
+    import dask
+    import dask.array as da
+
+    from . import attribution
+    from .chunked import values_at
+
+    ep, rp, sp = ctx.params["ensemble"], ctx.params["rf"], ctx.params["sampling"]
+    n_trees, n_points = int(rp["n_trees"]), int(sp["n_points"])
+    names, cats = _driver_names(ctx)
+    categories = _categories(ctx, cats)
+    rels = [f"drivers/{n}.tif" for n in names]
+    ctx.progress(0.01, "valid pixels")
+    valid = _valid_mask(ctx, rels)  # mask & finite drivers: the pixels every member predicts
+    valid_all = valid & _valid_mask(ctx, ["npp_mean.tif"])  # ... & finite NPP: where members sample
+    n_valid = int(np.count_nonzero(valid))
+    seeds = [_member_seeds(ctx, i) for i in range(k_members)]
+    ch = max(_ch(ctx))
+    fits: list[Any] = []
+    noises: list[float] = []
+    members: list[dict[str, Any]] = []
+    per_read = max(1, _ENSEMBLE_POINTS_PER_READ // (n_points + NOISE_PIXELS))
+    for g0 in range(0, k_members, per_read):
+        group = list(range(g0, min(k_members, g0 + per_read)))
+        pts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for i in group:
+            rf_seed, s_seed = seeds[i]
+            rows, cols = _sample_points(valid_all, n_points, s_seed)
+            # attribution.noise_pixel_index over the valid pixels, without the index array
+            idx = np.sort(np.random.default_rng(rf_seed).choice(n_valid, size=NOISE_PIXELS, replace=False)) \
+                if n_valid > NOISE_PIXELS else np.arange(n_valid)
+            nr, nc = _nth_valid(valid, idx)
+            pts.append((rows, cols, nr, nc))
+        ctx.progress(0.02 + 0.2 * g0 / k_members, f"driver values at the points of members {group[0] + 1}–{group[-1] + 1}")
+        all_r = np.concatenate([np.concatenate([p[0], p[2]]) for p in pts])
+        all_c = np.concatenate([np.concatenate([p[1], p[3]]) for p in pts])
+        V = np.stack([values_at(ctx.out / r, all_r, all_c, chunk=ch, bands=[1])[0] for r in rels], axis=1)
+        npp_at = values_at(ctx.out / "npp_mean.tif", all_r, all_c, chunk=ch, bands=[1])[0]
+        off = 0
+        for i, (rows, _, nr, _) in zip(group, pts):
+            rf_seed, s_seed = seeds[i]
+            ctx.progress(0.02 + 0.2 * i / k_members, f"member {i + 1}/{k_members}: fitting the factorial forests")
+            X, y = V[off:off + rows.size], npp_at[off:off + rows.size]
+            Xn = V[off + rows.size:off + rows.size + nr.size]
+            off += rows.size + nr.size
+            fit = attribution.factorial_fit(X, y, names, categories, n_trees=n_trees, seed=rf_seed, keep_model=True)
+            noises.append(attribution.noise_floor(fit, Xn))
+            imp = attribution.importance(X, y, names, measure=rp["importance"], n_trees=n_trees, seed=rf_seed,
+                                         categories=categories, model=fit.model_all)
+            fits.append(dataclasses.replace(fit, model_all=None))
+            members.append({"rf_seed": rf_seed, "sample_seed": s_seed,
+                            "importance_categories": imp.get("categories", {})})
+        del V, npp_at, pts
+    del valid, valid_all
+    cat_names = list(fits[0].categories)
+    k = len(cat_names)
+    client = ctx.client()
+    handle = client.scatter([fits], broadcast=True, hash=True)[0] if client is not None else \
+        dask.delayed(fits, pure=True, traverse=False)
+    md = _mask_dask(ctx)
+    res = da.map_blocks(_ensemble_block, *[_lazy(ctx, r) for r in rels], md, fits=handle, noises=noises,
+                        chunks=((k_members * (k + 1),),) + md.chunks, dtype=np.float32,
+                        meta=np.empty((0, 0, 0), dtype=np.float32))
+    band_names = [f"m{i:03d}_{c}" for i in range(k_members) for c in [*cat_names, "undetermined"]]
+    _write(ctx, [("ensemble/relcon.tif", res, {"band_names": band_names})], 0.25, 0.9,
+           f"factorial prediction of {k_members} members")
+    ctx.progress(0.92, "mean RelCon of every member")
+    mem = _lazy(ctx, "ensemble/relcon.tif")
+    nb = tuple((1,) * len(c) for c in mem.chunks[1:])
+    sums = np.asarray(da.map_blocks(_member_relcon_sums, mem, k, chunks=((mem.shape[0],),) + nb, dtype=np.float64,
+                                    meta=np.empty((0, 0, 0))).sum(axis=(1, 2)).compute())
+    for i, m in enumerate(members):
+        s, n = sums[i * (k + 1): i * (k + 1) + k], sums[i * (k + 1) + k]
+        m["relcon_mean"] = {c: (float(s[g] / n) if n else float("nan")) for g, c in enumerate(cat_names)}
+    return {"ensemble": {"members": k_members, "vary": str(ep["vary"]), "categories": cat_names, "member_runs": members},
+            "_message": "chunked execution"}
+
+
 # ---------------------------------------------------------------- dominance
 def class_colours(labels: dict[int, str]) -> dict[int, tuple[int, int, int, int]]:
     """GeoTIFF colour table of dominant-class codes: the dashboard's palette, code 0 transparent."""
@@ -464,12 +608,18 @@ def class_colours(labels: dict[int, str]) -> dict[int, tuple[int, int, int, int]
 
 def stage_dominance(ctx: Context) -> dict[str, Any]:
     """Dominant-driver classes by the threshold rule → ``dominant.tif``, ``rgb.tif``;
-    with an ensemble also the modal class and ``dominant_agreement.tif``."""
+    with an ensemble also the modal class and ``dominant_agreement.tif``.
+
+    Only reclassifies stored RelCon (``relcon.tif``, ``ensemble/relcon.tif``): a new
+    threshold never refits. Chunked: :func:`_dominance_chunked`."""
     from . import attribution
     from .ensemble import EnsembleReducer
 
-    ens_members = ctx.fragments.get("ensemble", {}).get("ensemble", {}).get("members", 0)
-    if not ens_members and execution_mode(ctx, 10) == "chunked":
+    ens_frag = ctx.fragments.get("ensemble", {}).get("ensemble", {})
+    ens_members = int(ens_frag.get("members", 0) or 0)
+    # with an ensemble: + the member's k + 1 bands, the RelCon sums (k) and the votes
+    n_layers = 10 + (3 * len(ens_frag.get("categories", [])) + 4 if ens_members else 0)
+    if execution_mode(ctx, n_layers) == "chunked":
         return _dominance_chunked(ctx)
     thr = float(ctx.params["dominance"]["threshold"])
     info = ctx.fragments.get("attribution", {}).get("attribution", {})
@@ -1304,6 +1454,8 @@ def _dominance_block(rel: np.ndarray, act: np.ndarray, cat_names: list[str], thr
 
 
 def _dominance_chunked(ctx: Context) -> dict[str, Any]:
+    """:func:`stage_dominance` block by block; with an ensemble also its part
+    (:func:`_ensemble_dominance_chunked`)."""
     import dask.array as da
 
     from . import attribution
@@ -1321,7 +1473,8 @@ def _dominance_chunked(ctx: Context) -> dict[str, Any]:
     if {"S", "M", "C"}.issubset(cat_names):
         items.append(("rgb.tif", res[1:4], {"dtype": "uint8", "band_names": ["R soil", "G mining", "B climate"],
                                             "mask": res[4] > 0}))
-    _write(ctx, items, 0.05, 0.9, "dominant classes")
+    ens = ctx.fragments.get("ensemble", {}).get("ensemble", {})
+    _write(ctx, items, 0.05, 0.45 if ens.get("members", 0) else 0.9, "dominant classes")
     counts = np.zeros(max(labels) + 1, dtype=np.int64)
     for r0, r1, c0, c1 in _blocks(ctx):
         codes = _read_win(ctx, "dominant.tif", r0, r1, c0, c1)[0]
@@ -1329,10 +1482,105 @@ def _dominance_chunked(ctx: Context) -> dict[str, Any]:
         counts += np.bincount(codes[codes != 0].ravel(), minlength=max(labels) + 1)[: max(labels) + 1]
     n = int(counts.sum())
     shares = {lab: (100.0 * counts[c] / n if n else 0.0) for c, lab in sorted(labels.items()) if c != 0}
-    for stale in ("dominant_modal.tif", "dominant_agreement.tif", "ensemble/relcon.tif", "ensemble/relcon_mean.tif"):
-        (ctx.out / stale).unlink(missing_ok=True)
-    return {"dominant": {"threshold": thr, "codes": {str(k): v for k, v in labels.items()}, "area_share": shares},
-            "_message": "chunked execution"}
+    out: dict[str, Any] = {
+        "dominant": {"threshold": thr, "codes": {str(k): v for k, v in labels.items()}, "area_share": shares},
+        "_message": "chunked execution"}
+    if ens.get("members", 0):
+        out["ensemble"] = _ensemble_dominance_chunked(ctx, ens, labels, thr)
+    else:
+        for stale in ("dominant_modal.tif", "dominant_agreement.tif", "ensemble/relcon.tif", "ensemble/relcon_mean.tif"):
+            (ctx.out / stale).unlink(missing_ok=True)
+    return out
+
+
+def _ensemble_dominance_block(act: np.ndarray, mem: np.ndarray, *, cats: list[str], thr: float, n_classes: int,
+                              stats: bool = False) -> np.ndarray:
+    """The ensemble part of the dominance stage on one block.
+
+    ``act``: ``actcon.tif`` (k, h, w) (its finite pixels are the analysed ones); ``mem``:
+    ``ensemble/relcon.tif`` (members × (k + 1), h, w). Every member is reclassified at ``thr``
+    and reduced (:class:`ensemble.EnsembleReducer`). Returns (k + 2, h, w): mean RelCon (k
+    bands, NaN outside), modal class (0 = none), agreement (NaN outside); with ``stats`` the
+    block's counts instead, shape (members × n + n + 2, 1, 1) with n = ``n_classes``: every
+    member's analysed pixels per class, the modal ones per class, Σ agreement and its pixels.
+    """
+    from . import attribution
+    from .ensemble import EnsembleReducer
+
+    k = len(cats)
+    n_members = mem.shape[0] // (k + 1)
+    valid = np.all(np.isfinite(act), axis=0)
+    red = EnsembleReducer(n_classes, valid.shape, cats)
+    member_counts = []
+    for i in range(n_members):
+        b = i * (k + 1)
+        mrel, mund = mem[b:b + k], mem[b + k] == 1
+        mcodes, _ = attribution.dominant_classes(mrel, cats, threshold=thr, undetermined_mask=mund)
+        mcodes = np.where(valid, mcodes, 0).astype(np.uint8)
+        if stats:
+            member_counts.append(np.bincount(mcodes[mcodes != 0].ravel(), minlength=n_classes)[:n_classes])
+        red.add(mcodes, mrel)
+    mode, agreement = red.modal()
+    agreement = np.where(valid, agreement, np.nan)
+    if stats:
+        ok = np.isfinite(agreement)
+        modal = np.bincount(mode[valid & (mode != 0)].ravel(), minlength=n_classes)[:n_classes]
+        vec = np.concatenate([*member_counts, modal, [agreement[ok].sum(), np.count_nonzero(ok)]])
+        return vec.astype(np.float64)[:, None, None]
+    rmean = np.where(valid[None], red.relcon_mean(), np.nan)
+    return np.concatenate([rmean, mode[None].astype(np.float64), agreement[None]])
+
+
+def _ensemble_dominance_chunked(ctx: Context, ens: dict[str, Any], labels: dict[int, str], thr: float) -> dict[str, Any]:
+    """The ensemble part of :func:`stage_dominance` block by block: writes ``ensemble/relcon_mean.tif``,
+    ``dominant_modal.tif`` and ``dominant_agreement.tif``, then sums the members' class counts, the
+    modal counts and the agreement per block (a second, reclassification-only pass) for the
+    member share intervals, ``modal_area_share`` and ``mean_agreement``."""
+    import dask.array as da
+
+    from .ensemble import interval
+
+    cats = list(ens["categories"])
+    k, runs = len(cats), list(ens["member_runs"])
+    n_members, n_classes = len(runs), max(labels) + 1
+    act, mem = _lazy(ctx, "actcon.tif"), _lazy(ctx, "ensemble/relcon.tif")
+    if mem.shape[0] != n_members * (k + 1):
+        raise StageError(f"ensemble/relcon.tif has {mem.shape[0]} bands, not {n_members} members × {k + 1}: "
+                         "it is stale; rerun the ensemble stage.")
+    kw = {"cats": cats, "thr": thr, "n_classes": n_classes}
+    res = da.map_blocks(_ensemble_dominance_block, act, mem, **kw, chunks=((k + 2,),) + act.chunks[1:],
+                        dtype=np.float64, meta=np.empty((0, 0, 0)))
+    _write(ctx, [
+        ("ensemble/relcon_mean.tif", res[:k], {"band_names": cats}),
+        ("dominant_modal.tif", res[k], {"dtype": "uint8", "nodata": 0, "colormap": class_colours(labels),
+                                        "band_names": ["modal dominant class"]}),
+        ("dominant_agreement.tif", res[k + 1], {"band_names": ["agreement"]}),
+    ], 0.5, 0.9, "ensemble modal class")
+    ctx.progress(0.92, "ensemble class shares")
+    nb = tuple((1,) * len(c) for c in act.chunks[1:])
+    n_stat = (n_members + 1) * n_classes + 2
+    tot = np.asarray(da.map_blocks(_ensemble_dominance_block, act, mem, **kw, stats=True, chunks=((n_stat,),) + nb,
+                                   dtype=np.float64, meta=np.empty((0, 0, 0))).sum(axis=(1, 2)).compute())
+    counts = np.rint(tot[:-2]).astype(np.int64).reshape(n_members + 1, n_classes)
+
+    def shares(c: np.ndarray) -> dict[str, float]:  # attribution.class_shares from the counts
+        n = int(c.sum())
+        return {lab: (100.0 * c[code] / n if n else 0.0) for code, lab in sorted(labels.items()) if code != 0}
+
+    scalars: dict[str, list[float]] = {}
+    for i, mrun in enumerate(runs):
+        sc = {f"share.{lab}": v for lab, v in shares(counts[i]).items()}
+        sc.update({f"relcon_mean.{c}": v for c, v in mrun["relcon_mean"].items()})
+        sc.update({f"importance.{c}": v for c, v in mrun["importance_categories"].items()})
+        for key, v in sc.items():
+            scalars.setdefault(key, []).append(float(v))
+    s_agree, n_agree = tot[-2], tot[-1]
+    return {
+        **ens,
+        "mean_agreement": float(s_agree / n_agree) if n_agree else float("nan"),
+        "modal_area_share": shares(counts[n_members]),
+        "intervals": {key: interval(v) for key, v in scalars.items()},
+    }
 
 
 STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {

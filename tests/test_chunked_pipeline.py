@@ -23,6 +23,7 @@ from npp_core.dataset import open_dataset
 from npp_core.raster import read_raster
 
 from conftest import ROOT
+from fragments import differences
 
 CHUNK = 64
 FAST = ["rf.n_trees=40", "sampling.n_points=300"]
@@ -58,27 +59,9 @@ def both_runs(bench_ds, tmp_path_factory):
     return {m: _run(bench_ds, base / m, m) for m in ("memory", "chunked")}
 
 
-def _close(a: float, b: float, rel: float = 1e-6) -> bool:
-    return (a != a and b != b) or abs(a - b) <= rel * max(1.0, abs(a))
-
-
 def _compare(u, v, path=""):
     """Every number of summary fragment ``u`` equals ``v`` to rounding; returns the differences."""
-    bad = []
-    if isinstance(u, dict):
-        for k in u:
-            bad += [f"{path}/{k}: missing"] if not isinstance(v, dict) or k not in v else _compare(u[k], v[k], f"{path}/{k}")
-    elif isinstance(u, list):
-        if not isinstance(v, list) or len(u) != len(v):
-            return [f"{path}: {u!r} != {v!r}"]
-        for i, (a, b) in enumerate(zip(u, v)):
-            bad += _compare(a, b, f"{path}[{i}]")
-    elif isinstance(u, float) and isinstance(v, (float, int)):
-        if not _close(u, float(v)):
-            bad.append(f"{path}: {u} != {v}")
-    elif u != v:
-        bad.append(f"{path}: {u!r} != {v!r}")
-    return bad
+    return differences(u, v, rel=1e-6, path=path)
 
 
 def test_every_geotiff_equals_the_in_memory_run(both_runs):
@@ -127,15 +110,6 @@ def test_summary_and_modes(both_runs):
     # samples drawn from the mask are the same points with the same values
     sm_csv = (both_runs["memory"].out_dir / "samples.csv").read_text()
     assert sm_csv == (both_runs["chunked"].out_dir / "samples.csv").read_text()
-
-
-def test_ensembles_say_to_use_memory_mode(bench_ds, both_runs, tmp_path):
-    prm = P.load(None, [*FAST, "run.mode=chunked", f"run.chunk={CHUNK}", "run.scheduler=threads",
-                        "ensemble.members=2"])
-    with open_dataset(bench_ds) as ds:
-        res = pipeline.run(ds, prm, tmp_path, only=["ensemble"])
-    st = {s.name: s for s in res.stages}
-    assert st["ensemble"].status == "failed" and "run.mode" in st["ensemble"].message
 
 
 def test_layer_dask_equals_in_memory_alignment():
