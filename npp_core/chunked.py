@@ -694,6 +694,46 @@ def krige_chunked(
                          chunks=((2,),) + m.chunks, dtype=np.float64, meta=np.empty((0, 0, 0), dtype=np.float64))
 
 
+# --------------------------------------------------------------------------- GDAL's cache
+#: GDAL block cache (bytes) of every process of a chunked run. GDAL's default (5 % of RAM,
+#: 1.2 GB here) fills with the tiles of files kept open while blocks are read, so a process's
+#: memory grows with the area until it is reached; blocks are read once, and reads of 24-band
+#: 1024² windows are no slower with 16–256 MiB than with the default (measured).
+RUN_CACHE_BYTES = 128 << 20
+_outer_cache: list[Any] = []  # the cache setting in force outside bounded_gdal_cache (for write_many)
+
+
+@contextmanager
+def bounded_gdal_cache(nbytes: int = RUN_CACHE_BYTES) -> Iterator[None]:
+    """Bound GDAL's block cache of this process to ``nbytes`` while the block is entered.
+
+    :func:`write_many` inside it still sizes its own write cache against the setting in force
+    outside (so unaligned blocks keep their row of tiles).
+    """
+    from rasterio.env import get_gdal_config
+
+    _outer_cache.append(get_gdal_config("GDAL_CACHEMAX"))
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=int(nbytes)):
+            yield
+    finally:
+        _outer_cache.pop()
+
+
+def set_gdal_cache(nbytes: int = RUN_CACHE_BYTES) -> int:
+    """Set GDAL's block cache of this process (bytes; run on every worker of a chunked run's cluster).
+
+    Returns
+    -------
+    int
+        The size set.
+    """
+    from rasterio.env import set_gdal_config
+
+    set_gdal_config("GDAL_CACHEMAX", int(nbytes))
+    return int(nbytes)
+
+
 # --------------------------------------------------------------------------- writing
 #: Output tile side (pixels) when the run's blocks do not dictate another one.
 TILE = 256
@@ -876,13 +916,19 @@ def write_many(
                 break
         else:
             first_chunks = (_split(grid.height, 1024, 1), _split(grid.width, 1024, 1))
-    for path, arr, _ in items:
+    for path, arr, opt in items:
         a = arr if isinstance(arr, da.Array) else da.from_array(np.asarray(arr), chunks=-1)
         if a.ndim == 2:
             a = a[None]
         if a.ndim != 3 or a.shape[1:] != grid.shape:
             raise ChunkedError(f"{Path(path).name}: array shape {a.shape[-2:]} does not match the grid {grid.shape}.")
-        arrays.append(a.rechunk(((a.shape[0],),) + tuple(first_chunks)))
+        a = a.rechunk(((a.shape[0],),) + tuple(first_chunks))
+        dt = np.dtype(opt.get("dtype", "float32"))
+        if a.dtype != dt:
+            # converted where the block is computed (the writer's own conversion is then a no-op):
+            # blocks in flight and waiting on workers take the stored size, e.g. half of float64
+            a = a.map_blocks(_to_store, dt, opt.get("nodata"), dtype=dt, meta=np.empty((0, 0, 0), dtype=dt))
+        arrays.append(a)
     # internal masks are extra arrays whose blocks go to the mask of their target
     mask_of: list[int] = []
     for k, (path, _, opt) in enumerate(items):
@@ -954,7 +1000,7 @@ def _write_cache_bytes(grid: Grid, block_rows: int, bytes_px: int, tile: int = T
     else:
         need = int((int(block_rows) + 2 * tile) * grid.width * max(int(bytes_px), 1)) + (32 << 20)
     try:
-        current = int(get_gdal_config("GDAL_CACHEMAX"))
+        current = int(_outer_cache[-1] if _outer_cache else get_gdal_config("GDAL_CACHEMAX"))
         if current < 100_000:  # GDAL reads small values as megabytes
             current <<= 20
     except (TypeError, ValueError):

@@ -124,7 +124,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     },
     "run": {
         "mode": Setting("auto", "In-memory or chunked execution.", choices=("auto", "memory", "chunked")),
-        "chunk": Setting(1024, "Block side for chunked execution.", "pixels", min=64, max=16384),
+        "chunk": Setting(1024, "Block side for chunked execution (multiples of 256 keep the writer's memory lowest).", "pixels", min=64, max=16384),
         "memory_gb": Setting(4.0, "Memory budget for automatic mode selection.", "GB", min=0.5),
         "scheduler": Setting(
             "", "Dask scheduler of chunked runs: empty = a local cluster of 2 worker processes (1 thread each) "

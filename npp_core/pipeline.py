@@ -216,6 +216,12 @@ class Context:
                 self._cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                              dashboard_address=None, silence_logs=40)
                 self._client = Client(self._cluster, set_as_default=True)
+            from .chunked import set_gdal_cache
+
+            try:  # GDAL's block cache of every worker bounded, as this process's during chunked stages
+                self._client.run(set_gdal_cache)
+            except Exception:  # pragma: no cover - a worker without rasterio fails on the first block anyway
+                pass
         return self._client
 
     def close(self) -> None:

@@ -18,6 +18,20 @@ from .outputs import write_csv
 from .pipeline import Context, StageError
 from .raster import read_raster, write_raster
 
+
+def _bounded_cache(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a chunked stage with GDAL's block cache of this process bounded (:func:`chunked.bounded_gdal_cache`)."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kw: Any) -> Any:
+        from .chunked import bounded_gdal_cache
+
+        with bounded_gdal_cache():
+            return fn(*args, **kw)
+
+    return run
+
 __all__ = ["STAGE_FUNCS"]
 
 
@@ -504,6 +518,7 @@ def _member_relcon_sums(mem: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+@_bounded_cache
 def _ensemble_chunked(ctx: Context, k_members: int) -> dict[str, Any]:
     """:func:`stage_ensemble` block by block.
 
@@ -763,6 +778,7 @@ def _composite_block(b: np.ndarray, dates: list[Any], how: str) -> np.ndarray:
     return monthly_composite(b, dates, how=how)[0]
 
 
+@_bounded_cache
 def _fusion_chunked(ctx: Context) -> dict[str, Any] | None:
     """Fusion block by block: ESTARFM (fine + coarse roles) with ``window // 2`` halos, or the ready
     fine series; then the monthly composite per block. None = no NDVI input to fuse (the caller decides)."""
@@ -946,6 +962,7 @@ def _code_counts(codes: np.ndarray, minlength: int) -> np.ndarray:
     return counts
 
 
+@_bounded_cache
 def _casa_chunked(ctx: Context) -> dict[str, Any]:
     import dask.array as da
 
@@ -1088,6 +1105,7 @@ def _krige_report(x: Any, y: Any, z: Any, gx: np.ndarray, gy: np.ndarray, *, mod
     return x, y, zk, vg, report
 
 
+@_bounded_cache
 def _drivers_chunked(ctx: Context) -> dict[str, Any]:
     import dask.array as da
 
@@ -1255,6 +1273,7 @@ def _sample_points(valid: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np
     return _nth_valid(valid, idx)
 
 
+@_bounded_cache
 def _sampling_chunked(ctx: Context) -> dict[str, Any]:
     from . import attribution
     from .chunked import values_at
@@ -1317,6 +1336,7 @@ def _global_stats_many(pairs: list[tuple[Any, Any]]) -> list[Any]:
     return out
 
 
+@_bounded_cache
 def _lcc_chunked_stage(ctx: Context) -> dict[str, Any]:
     import dask.array as da
 
@@ -1374,6 +1394,7 @@ def _factorial_block(*blocks: np.ndarray, fit: Any, noise: float) -> np.ndarray:
     return out
 
 
+@_bounded_cache
 def _attribution_chunked(ctx: Context) -> dict[str, Any]:
     import dataclasses
 
@@ -1453,6 +1474,7 @@ def _dominance_block(rel: np.ndarray, act: np.ndarray, cat_names: list[str], thr
     return np.concatenate([codes[None], rgb, valid[None].astype(np.float64)])
 
 
+@_bounded_cache
 def _dominance_chunked(ctx: Context) -> dict[str, Any]:
     """:func:`stage_dominance` block by block; with an ensemble also its part
     (:func:`_ensemble_dominance_chunked`)."""

@@ -473,3 +473,28 @@ def test_landcover_strip_scan_shift_and_crs_cases(tmp_path: Path, case: str) -> 
     if case == "crs_override":
         assert any("the manifest's is used" in str(p) for p in new[1])
         assert new[2]["resampling"] == ["none"]
+
+
+def test_chunked_stages_bound_gdals_cache_but_not_the_writers_row_bound(tmp_path):
+    """Chunked stages run with GDAL's block cache at RUN_CACHE_BYTES (its default, 5 % of RAM, filled
+    with the tiles of files kept open as blocks are read); write_many inside still sizes an unaligned
+    row bound against the setting in force outside, and the setting comes back afterwards."""
+    from rasterio.env import get_gdal_config
+
+    from npp_core import chunked, stages
+
+    g = Grid(UTM, Affine(30.0, 0, 600_000.0, 0, -30.0, 4_200_000.0), 40_000, 40_000)
+    outside = get_gdal_config("GDAL_CACHEMAX")
+    row_bound = chunked._write_cache_bytes(g, 1000, 100)
+    seen: dict[str, Any] = {}
+
+    @stages._bounded_cache
+    def stage(ctx: Any) -> str:
+        seen["cache"] = int(get_gdal_config("GDAL_CACHEMAX"))
+        seen["row"] = chunked._write_cache_bytes(g, 1000, 100)
+        return "done"
+
+    assert stage(None) == "done"
+    assert seen["cache"] == chunked.RUN_CACHE_BYTES == 128 << 20
+    assert seen["row"] == row_bound > chunked.RUN_CACHE_BYTES  # ~ (1000 + 512) × 40 000 × 100 B, not capped
+    assert get_gdal_config("GDAL_CACHEMAX") == outside

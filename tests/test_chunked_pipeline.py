@@ -145,6 +145,30 @@ def test_scheduler_address_is_used(bench_ds, tmp_path):
     assert np.isfinite(m).sum() > 1000
 
 
+def test_run_bounds_gdals_cache_on_every_worker(tmp_path):
+    """The client of a chunked run sets GDAL's block cache of every worker process to RUN_CACHE_BYTES
+    (GDAL's default, 5 % of RAM, fills with the tiles of files kept open while blocks are read)."""
+    distributed = pytest.importorskip("distributed")
+    from npp_core.chunked import RUN_CACHE_BYTES
+
+    def cache_of_this_process() -> int:
+        from rasterio.env import get_gdal_config
+
+        v = get_gdal_config("GDAL_CACHEMAX")
+        return -1 if v is None else int(v)
+
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc:
+        with distributed.Client(lc) as other:
+            before = set(other.run(cache_of_this_process).values())
+        assert before != {RUN_CACHE_BYTES}  # GDAL's default (5 % of RAM) before the run
+        ctx = pipeline.Context(None, P.load(None, [f"run.scheduler={lc.scheduler_address}"]), tmp_path,
+                               lambda *a: None, None)
+        try:
+            assert set(ctx.client().run(cache_of_this_process).values()) == {RUN_CACHE_BYTES}
+        finally:
+            ctx.close()
+
+
 def test_cli_scheduler_flag_overrides_the_setting(monkeypatch, tmp_path):
     from npp_core import cli
 
